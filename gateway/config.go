@@ -1,0 +1,129 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+)
+
+// Config tunes the gateway. The zero value of every field means its default,
+// given in the field's comment. cmd/syncgate maps the global configuration
+// onto this struct; the gateway never reads files or the environment.
+type Config struct {
+	// Node names this process in welcome messages and logs.
+	// Default: the host name, or "node" if it cannot be read.
+	Node string
+
+	// MaxMessageBytes caps one inbound WebSocket message and one HTTP
+	// fallback body. A larger WebSocket message closes the connection with
+	// 1009; a larger HTTP body is answered 413. Outbound frames that
+	// coalesce several messages stay within it too (a single larger
+	// message is still sent alone). Default 1 MiB.
+	MaxMessageBytes int
+
+	// OutboundQueueBytes bounds the bytes queued for one connection and not
+	// yet written to its socket. A message that would overflow it closes
+	// the connection with 4008 (slow consumer). Default 4 MiB.
+	OutboundQueueBytes int
+
+	// HelloTimeout is how long a new connection has to send hello.
+	// Default 10s.
+	HelloTimeout time.Duration
+
+	// PingInterval is the period of server WebSocket ping frames.
+	// Default 25s.
+	PingInterval time.Duration
+
+	// PongTimeout is the read deadline of an open session: it is extended by
+	// every frame (data, ping or pong) the client sends, and a connection
+	// silent for longer is closed with 4004. It must exceed PingInterval.
+	// Default 60s.
+	PongTimeout time.Duration
+
+	// WriteTimeout bounds each socket write (a frame, a ping, a close).
+	// Default 10s.
+	WriteTimeout time.Duration
+
+	// ShutdownTimeout is the drain deadline the cmd should give Shutdown's
+	// context; Shutdown itself obeys its ctx. Default 30s.
+	ShutdownTimeout time.Duration
+
+	// MaxMessagesPerFrame is how many queued messages the write loop
+	// coalesces into one WebSocket frame (newline-delimited JSON).
+	// 1 disables coalescing. Default 64.
+	MaxMessagesPerFrame int
+}
+
+// Defaults, named so tests and docs can refer to them.
+const (
+	DefaultMaxMessageBytes     = 1 << 20
+	DefaultOutboundQueueBytes  = 4 << 20
+	DefaultHelloTimeout        = 10 * time.Second
+	DefaultPingInterval        = 25 * time.Second
+	DefaultPongTimeout         = 60 * time.Second
+	DefaultWriteTimeout        = 10 * time.Second
+	DefaultShutdownTimeout     = 30 * time.Second
+	DefaultMaxMessagesPerFrame = 64
+)
+
+// withDefaults fills zero fields and validates the rest.
+func (c Config) withDefaults() (Config, error) {
+	if c.Node == "" {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			c.Node = h
+		} else {
+			c.Node = "node"
+		}
+	}
+	setInt := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setDur := func(v *time.Duration, def time.Duration) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setInt(&c.MaxMessageBytes, DefaultMaxMessageBytes)
+	setInt(&c.OutboundQueueBytes, DefaultOutboundQueueBytes)
+	setInt(&c.MaxMessagesPerFrame, DefaultMaxMessagesPerFrame)
+	setDur(&c.HelloTimeout, DefaultHelloTimeout)
+	setDur(&c.PingInterval, DefaultPingInterval)
+	setDur(&c.PongTimeout, DefaultPongTimeout)
+	setDur(&c.WriteTimeout, DefaultWriteTimeout)
+	setDur(&c.ShutdownTimeout, DefaultShutdownTimeout)
+
+	var errs []error
+	for _, f := range []struct {
+		name string
+		v    int
+	}{
+		{"MaxMessageBytes", c.MaxMessageBytes},
+		{"OutboundQueueBytes", c.OutboundQueueBytes},
+		{"MaxMessagesPerFrame", c.MaxMessagesPerFrame},
+	} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("gateway: %s must be positive, got %d", f.name, f.v))
+		}
+	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"HelloTimeout", c.HelloTimeout},
+		{"PingInterval", c.PingInterval},
+		{"PongTimeout", c.PongTimeout},
+		{"WriteTimeout", c.WriteTimeout},
+		{"ShutdownTimeout", c.ShutdownTimeout},
+	} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("gateway: %s must be positive, got %s", f.name, f.v))
+		}
+	}
+	if c.PongTimeout <= c.PingInterval {
+		errs = append(errs, fmt.Errorf("gateway: PongTimeout (%s) must exceed PingInterval (%s)", c.PongTimeout, c.PingInterval))
+	}
+	return c, errors.Join(errs...)
+}

@@ -1,0 +1,78 @@
+// Package gateway is syncgate's network edge: the gin HTTP server, the
+// WebSocket connections (gorilla), the HTTP fallback for push and pull, the
+// hub that indexes connections by scope, and the fan-out broker.
+//
+// # Routes
+//
+//	GET  /v1/ws          WebSocket, protocol v1 (sync/protocol, docs/protocol.md)
+//	POST /v1/sync/push   HTTP fallback push (http.go)
+//	POST /v1/sync/pull   HTTP fallback pull
+//	GET  /healthz        200 while the process runs
+//	GET  /readyz         200 while serving, 503 once draining
+//	GET  /metrics        Prometheus (the injected Gatherer)
+//
+// # Data flow
+//
+// A connection's read loop (the HTTP handler's goroutine) handles one
+// client message at a time, in order, calling the engine synchronously. The
+// engine announces every commit to Server.Committed (engine.Notifier) while
+// it holds the scope lock; Committed encodes the `changes` once and passes
+// the bytes to the Broker, which calls the hub on every node with local
+// subscribers; the hub appends the shared bytes to each subscribed
+// connection's outbound queue. Each connection's write loop drains its
+// queue, coalescing up to MaxMessagesPerFrame messages into one text frame
+// of newline-delimited JSON: clients split frames on '\n'.
+//
+// The connection that pushed is subscribed like any other and receives the
+// `changes` for its own mutations, before its `ack`: it uses them to
+// advance its checkpoint. Live fan-out is a hint: each `changes` carries
+// from/to, and a device that sees from > checkpoint pulls.
+//
+// # Contract
+//
+// Goroutine-safe: Server (all exported methods), MemoryBroker, MemoryBus.
+// Serve may be called once; Shutdown any number of times.
+//
+// Must not block (they run under the engine's scope lock or a hub lock):
+// Server.Committed, Broker.Publish, the broker's Handler, hub.broadcast and
+// conn.enqueue. Enqueue never waits for a socket: a connection whose queue
+// would exceed OutboundQueueBytes is closed with 4008 instead. Socket
+// writes happen only on each connection's write loop, each bounded by
+// WriteTimeout.
+//
+// Every queue is bounded: outbound queues by OutboundQueueBytes (a single
+// larger message is accepted into an empty queue), inbound messages by
+// MaxMessageBytes (one message read at a time), scopes per hello by
+// maxSessionScopes, connections closed at once by Shutdown by
+// shutdownParallelism.
+//
+// # Lock order
+//
+// A goroutine holding a lock may only take locks further down this list,
+// never one above it:
+//
+//  1. Server.mu                  connection registry; never held across a call
+//  2. hub.subLocks[i]            serialise a scope's 0<->1 subscriber transitions
+//     (held across Broker.Subscribe/Unsubscribe)
+//  3. engine scope lock          (sync/engine; held while calling Committed)
+//  4. broker locks (MemoryBus.mu) held while calling the Handler
+//  5. hubShard.mu                scope -> connections; held while enqueueing
+//  6. conn.mu                    outbound queue and closing state; leaf
+//
+// Helpers that expect a held lock are named …Locked. conn.mu is a leaf: no
+// code holding it calls out (closeWith, enqueue and takeLocked only touch
+// the queue and signal a buffered channel without blocking). That is what
+// lets the hub call enqueue under its shard lock, and the engine call
+// Committed under its scope lock, without ever waiting on a client.
+//
+// # Close codes
+//
+// The close codes and the error sent before each are in sync/protocol
+// (codes.go). The gateway sends: 1009 for an oversized message (written by
+// gorilla itself when SetReadLimit is exceeded; the rest of the frame is
+// drained so the close frame is not lost to a TCP reset), 4000 for a bad
+// or missing hello, 4001 unauthorized, 4002 token expired, 4003 hello
+// timeout, 4004 ping timeout (best effort), 4008 slow consumer, 4010
+// shutdown, 1011 internal. After writing a close frame the server waits up
+// to closeGrace for the client's reply, then closes the socket.
+package gateway

@@ -1,0 +1,390 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"slices"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/syncgate/syncgate/gateway/auth"
+	"github.com/syncgate/syncgate/sync/engine"
+	"github.com/syncgate/syncgate/sync/protocol"
+)
+
+const (
+	// maxSessionScopes caps the scopes one hello may ask for: Open reads
+	// two values per scope, so the cap bounds the work one message causes.
+	maxSessionScopes = 1024
+	// maxDeviceBytes caps a device id.
+	maxDeviceBytes = 128
+	// maxSessionIDBytes caps a client-supplied session id.
+	maxSessionIDBytes = 128
+)
+
+// session is an open (authenticated) connection's state. It is owned by the
+// read loop goroutine.
+type session struct {
+	id        string
+	principal engine.Principal
+	scopes    map[string]struct{} // subscribed in the hub
+}
+
+// handle processes one client message. Messages of one connection are
+// handled one at a time, in arrival order, on the read loop.
+func (c *conn) handle(kind int, data []byte) {
+	var (
+		msg  protocol.Message
+		perr *protocol.Error
+	)
+	if kind == websocket.TextMessage {
+		msg, perr = protocol.Decode(data)
+	} else {
+		perr = protocol.Errorf(protocol.CodeMalformed, "binary frames are not supported: send JSON text frames")
+	}
+	if perr != nil {
+		c.srv.metrics.messageIn(typeInvalid)
+		if c.sess == nil {
+			// Before hello, only a valid hello is acceptable.
+			c.fatal(ridOf(data), perr, protocol.CloseProtocolError)
+			return
+		}
+		c.requestError(ridOf(data), perr) // the connection stays open
+		return
+	}
+	c.srv.metrics.messageIn(msg.Kind())
+	if c.sess == nil {
+		if h, ok := msg.(*protocol.Hello); ok {
+			c.onHello(h)
+			return
+		}
+		c.fatal(ridOfMessage(msg), protocol.Errorf(protocol.CodeNotReady,
+			"the first message must be hello, not %s", msg.Kind()), protocol.CloseProtocolError)
+		return
+	}
+	switch m := msg.(type) {
+	case *protocol.Hello:
+		c.requestError(m.Rid, protocol.Errorf(protocol.CodeBadRequest, "the session is already open"))
+	case *protocol.Push:
+		c.onPush(m)
+	case *protocol.Pull:
+		c.onPull(m)
+	case *protocol.Auth:
+		c.onAuth(m)
+	case *protocol.Ping:
+		c.send(&protocol.Pong{Envelope: protocol.Envelope{Rid: m.Rid}})
+	}
+}
+
+// onHello authenticates the device and opens the session.
+func (c *conn) onHello(h *protocol.Hello) {
+	if h.Protocol != protocol.Version {
+		c.fatal(h.Rid, protocol.Errorf(protocol.CodeProtocol,
+			"protocol version %d is not supported; this server speaks %d", h.Protocol, protocol.Version),
+			protocol.CloseProtocolError)
+		return
+	}
+	if perr := validateDevice(h.Device); perr != nil {
+		c.fatal(h.Rid, perr, protocol.CloseProtocolError)
+		return
+	}
+	claims, err := c.srv.verifier.Verify(h.Token)
+	if err != nil {
+		c.authFailed(h.Rid, err)
+		return
+	}
+	if claims.Device != "" && claims.Device != h.Device {
+		c.fatal(h.Rid, protocol.Errorf(protocol.CodeUnauthorized, "the token is bound to another device"),
+			protocol.CloseUnauthorized)
+		return
+	}
+	subs := dedupeSubscriptions(h.Scopes)
+	if len(subs) > maxSessionScopes {
+		c.fatal(h.Rid, protocol.Errorf(protocol.CodeTooLarge, "hello asks for %d scopes; the limit is %d",
+			len(subs), maxSessionScopes), protocol.CloseProtocolError)
+		return
+	}
+	p := engine.Principal{User: claims.Subject, Spaces: claims.Spaces, Device: h.Device}
+	res, err := c.srv.engine.Open(c.ctx, p, subs)
+	if err != nil {
+		perr := asProtocolError(err)
+		c.log.Warn("gateway: opening session failed", "user", p.User, "device", p.Device, "err", err)
+		c.fatal(h.Rid, perr, protocol.CloseInternal)
+		return
+	}
+	sess := &session{id: sessionID(h.Session), principal: p, scopes: make(map[string]struct{}, len(res.Scopes))}
+	c.sess = sess
+	c.log = c.log.With("user", p.User, "device", p.Device, "session", sess.id)
+	c.armExpiry(claims.ExpiresAt)
+
+	states := res.Scopes
+	if states == nil {
+		states = []protocol.ScopeState{}
+	}
+	c.send(&protocol.Welcome{
+		Envelope: protocol.Envelope{Rid: h.Rid},
+		Protocol: protocol.Version, Session: sess.id, Node: c.srv.cfg.Node,
+		User: p.User, Device: p.Device, LastMutation: res.LastMutation, Scopes: states,
+		ExpiresAt: unixMilli(claims.ExpiresAt), MaxMessageBytes: c.srv.cfg.MaxMessageBytes,
+		MaxBatch: c.srv.limits.MaxBatch, PullLimit: c.srv.limits.PullLimit,
+	})
+	for _, st := range states {
+		if st.Reset {
+			c.send(&protocol.Reset{Scope: st.Scope, Reason: resetReason(st, subs), Horizon: st.Horizon, Head: st.Head})
+		}
+	}
+	denied := make([]string, 0, len(res.Denied))
+	for scope := range res.Denied {
+		denied = append(denied, scope)
+	}
+	slices.Sort(denied)
+	for _, scope := range denied {
+		perr := res.Denied[scope]
+		c.send(c.srv.errorMessage(h.Rid, perr.Code, perr.Message))
+	}
+	// Subscribe after the welcome is queued, so that no live `changes`
+	// overtakes it. A commit between Open reading the head and this
+	// subscription is not delivered live; the device sees head in the
+	// welcome (or a later changes.from above its checkpoint) and pulls.
+	for _, st := range states {
+		if err := c.srv.subscribe(c.ctx, st.Scope, c); err != nil {
+			c.log.Warn("gateway: subscribing failed", "scope", st.Scope, "err", err)
+			c.send(c.srv.errorMessage(0, protocol.CodeUnavailable,
+				"live updates for "+st.Scope+" are unavailable; pull to catch up"))
+			continue
+		}
+		sess.scopes[st.Scope] = struct{}{}
+	}
+}
+
+// resetReason words why a scope was reset, as engine.Pull does.
+func resetReason(st protocol.ScopeState, subs []protocol.Subscription) string {
+	for _, s := range subs {
+		if s.Scope == st.Scope && s.Since > st.Head {
+			return "checkpoint ahead of the scope head"
+		}
+	}
+	return "checkpoint behind the compaction horizon"
+}
+
+// onPush applies a batch and answers with an ack.
+func (c *conn) onPush(m *protocol.Push) {
+	results, err := c.srv.engine.Push(c.ctx, c.sess.principal, m.Mutations)
+	if err != nil {
+		c.requestError(m.Rid, asProtocolError(err))
+		return
+	}
+	if results == nil {
+		results = []protocol.Result{}
+	}
+	c.send(&protocol.Ack{Envelope: protocol.Envelope{Rid: m.Rid}, Results: results})
+}
+
+// onPull answers with a page of changes or a reset.
+func (c *conn) onPull(m *protocol.Pull) {
+	ch, reset, err := c.srv.engine.Pull(c.ctx, c.sess.principal, m.Scope, m.Since, m.Limit)
+	switch {
+	case err != nil:
+		c.requestError(m.Rid, asProtocolError(err))
+	case reset != nil:
+		reset.Rid = m.Rid
+		c.send(reset)
+	case ch != nil:
+		ch.Rid = m.Rid
+		if ch.Entries == nil {
+			ch.Entries = []protocol.Change{}
+		}
+		c.send(ch)
+	}
+}
+
+// onAuth refreshes the session's token.
+func (c *conn) onAuth(m *protocol.Auth) {
+	claims, err := c.srv.verifier.Verify(m.Token)
+	if err != nil {
+		c.authFailed(m.Rid, err)
+		return
+	}
+	sess := c.sess
+	if claims.Subject != sess.principal.User {
+		c.fatal(m.Rid, protocol.Errorf(protocol.CodeUnauthorized, "the new token is for another user"),
+			protocol.CloseUnauthorized)
+		return
+	}
+	if claims.Device != "" && claims.Device != sess.principal.Device {
+		c.fatal(m.Rid, protocol.Errorf(protocol.CodeUnauthorized, "the new token is bound to another device"),
+			protocol.CloseUnauthorized)
+		return
+	}
+	sess.principal.Spaces = claims.Spaces
+	c.armExpiry(claims.ExpiresAt)
+	c.send(&protocol.AuthOK{Envelope: protocol.Envelope{Rid: m.Rid}, ExpiresAt: unixMilli(claims.ExpiresAt)})
+	var revoked []string
+	for scope := range sess.scopes {
+		if !sess.principal.CanUse(scope) {
+			revoked = append(revoked, scope)
+		}
+	}
+	slices.Sort(revoked)
+	for _, scope := range revoked {
+		c.srv.unsubscribe(scope, c)
+		delete(sess.scopes, scope)
+		c.send(c.srv.errorMessage(0, protocol.CodeForbiddenScope,
+			"scope "+scope+" is no longer granted by the token; unsubscribed"))
+	}
+}
+
+// armExpiry (re)starts the token-expiry timer. A refresh bumps expiryGen,
+// so a timer that already fired but lost the race does nothing.
+func (c *conn) armExpiry(exp time.Time) {
+	gen := c.expiryGen.Add(1)
+	if c.expTimer != nil {
+		c.expTimer.Stop()
+		c.expTimer = nil
+	}
+	if exp.IsZero() {
+		return
+	}
+	c.expTimer = time.AfterFunc(time.Until(exp), func() {
+		if c.expiryGen.Load() != gen {
+			return
+		}
+		c.log.Debug("gateway: token expired without refresh")
+		c.closeWith(protocol.CloseTokenExpired, string(protocol.CodeTokenExpired),
+			c.srv.errorMessage(0, protocol.CodeTokenExpired, "the token expired; send auth before expiresAt"), false)
+	})
+}
+
+// authFailed closes the connection after a token failed verification.
+func (c *conn) authFailed(rid uint64, err error) {
+	c.log.Debug("gateway: token rejected", "err", err)
+	if errors.Is(err, auth.ErrExpired) {
+		c.fatal(rid, protocol.Errorf(protocol.CodeTokenExpired, "the token has expired"), protocol.CloseTokenExpired)
+		return
+	}
+	c.fatal(rid, protocol.Errorf(protocol.CodeUnauthorized, "the token is not valid"), protocol.CloseUnauthorized)
+}
+
+// send encodes m and queues it.
+func (c *conn) send(m protocol.Message) {
+	data, err := protocol.Marshal(m)
+	if err != nil {
+		c.log.Error("gateway: encoding a message failed", "type", m.Kind(), "err", err)
+		data = c.srv.errorMessage(0, protocol.CodeInternal, "the server could not encode a "+m.Kind()+" message")
+	}
+	c.enqueue(data)
+}
+
+// sendBytes queues an already encoded message.
+func (c *conn) sendBytes(data []byte) { c.enqueue(data) }
+
+// requestError answers a failed request; the connection stays open.
+func (c *conn) requestError(rid uint64, perr *protocol.Error) {
+	c.sendBytes(c.srv.errorMessage(rid, perr.Code, perr.Message))
+}
+
+// fatal sends an error and closes the connection with closeCode.
+func (c *conn) fatal(rid uint64, perr *protocol.Error, closeCode int) {
+	c.closeWith(closeCode, string(perr.Code), c.srv.errorMessage(rid, perr.Code, perr.Message), false)
+}
+
+// asProtocolError maps an engine error to the protocol error sent to the
+// client. Errors that are not *protocol.Error are server faults.
+func asProtocolError(err error) *protocol.Error {
+	var perr *protocol.Error
+	if errors.As(err, &perr) {
+		return perr
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return protocol.Errorf(protocol.CodeUnavailable, "request interrupted; retry")
+	}
+	return protocol.Errorf(protocol.CodeInternal, "internal error")
+}
+
+func validateDevice(d string) *protocol.Error {
+	if d == "" {
+		return protocol.Errorf(protocol.CodeBadRequest, "device is required")
+	}
+	if len(d) > maxDeviceBytes || !utf8.ValidString(d) || hasControl(d) {
+		return protocol.Errorf(protocol.CodeBadRequest, "device must be 1-%d bytes of printable UTF-8", maxDeviceBytes)
+	}
+	return nil
+}
+
+func hasControl(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+func dedupeSubscriptions(subs []protocol.Subscription) []protocol.Subscription {
+	if len(subs) < 2 {
+		return subs
+	}
+	seen := make(map[string]struct{}, len(subs))
+	out := subs[:0:0]
+	for _, s := range subs {
+		if _, dup := seen[s.Scope]; dup {
+			continue
+		}
+		seen[s.Scope] = struct{}{}
+		out = append(out, s)
+	}
+	return out
+}
+
+// sessionID returns the client's session id when it is well-formed, and a
+// fresh random one (32 bytes, hex) otherwise.
+func sessionID(requested string) string {
+	if n := len(requested); n > 0 && n <= maxSessionIDBytes {
+		ok := true
+		for i := 0; ok && i < n; i++ {
+			ch := requested[i]
+			ok = ch == '-' || ch == '_' || (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+		}
+		if ok {
+			return requested
+		}
+	}
+	var b [32]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(b[:])
+}
+
+func unixMilli(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+// ridOf extracts the rid of a message that failed to decode, if it can.
+func ridOf(data []byte) uint64 {
+	var env protocol.Envelope
+	_ = json.Unmarshal(data, &env)
+	return env.Rid
+}
+
+func ridOfMessage(m protocol.Message) uint64 {
+	switch m := m.(type) {
+	case *protocol.Push:
+		return m.Rid
+	case *protocol.Pull:
+		return m.Rid
+	case *protocol.Auth:
+		return m.Rid
+	case *protocol.Ping:
+		return m.Rid
+	case *protocol.Hello:
+		return m.Rid
+	}
+	return 0
+}

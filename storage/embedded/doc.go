@@ -1,0 +1,65 @@
+// Package embedded is the single-machine storage.Store: one bbolt file, used
+// by `syncgate serve` when no MongoDB is configured.
+//
+// # Contract
+//
+// A *Store is goroutine-safe. It implements storage.Store exactly as the
+// storage package documents it and passes storage/storagetest. Errors carry
+// the prefix "embedded: " and wrap their cause (test with errors.Is);
+// storage.ErrNotFound and storage.ErrClosed come wrapped, while a lost race
+// in Commit is returned as a bare *storage.CommitError.
+//
+// Commit stamps Entry.Committed and Receipt.Created with Options.Now when
+// the caller left them zero, and never modifies the caller's batch. An entry
+// whose MutationID is 0 is not a device's mutation (a server-made change)
+// and is not checked against, or added to, the mutation index.
+//
+// # What blocks
+//
+// bbolt allows one write transaction at a time and any number of read
+// transactions beside it (readers see a snapshot and never wait for the
+// writer). So:
+//   - Commit, SaveCheckpoints and the write halves of Compact and
+//     ExpireReceipts queue behind one another. Each write ends with an
+//     fsync, so an acknowledged write survives a crash; a write with nothing
+//     to change is rolled back and costs no fsync.
+//   - Head, Horizon, Latest, Read, Scopes, Receipt and Device never wait for
+//     writers.
+//   - Compact scans in read transactions and deletes each chunk of at most
+//     1000 keys in its own short write transaction; ExpireReceipts deletes in
+//     write transactions of at most 1000 receipts. Housekeeping therefore
+//     delays a Commit by at most one chunk, never by a whole pass.
+//   - When the file grows, bbolt remaps it, and the writer doing so waits
+//     for the read transactions in flight. Reads are short (Read is bounded
+//     by its limit), so this wait is short too.
+//   - Open waits at most one second for the file lock, then fails: only one
+//     process may open a file. Close waits for transactions in flight (or
+//     for ctx, then finishes in the background).
+//
+// # Layout
+//
+// Keys that combine client-chosen strings use uvarint length prefixes, so
+// no byte in an id can make two keys collide. Numbers are 8-byte big-endian,
+// so that bbolt's byte order is numeric order.
+//
+//	meta                       "schema" -> 1
+//	scopes/<scope>/log         seq -> JSON storage.Entry (the source of truth)
+//	scopes/<scope>/docs        len|collection|id -> version|seq of the latest entry
+//	scopes/<scope>  "horizon"  -> highest seq of a tombstone compaction purged
+//	mutations                  len|user|len|device|mid -> seq|scope
+//	receipts                   len|user|len|device|mid -> JSON storage.Receipt
+//	receipt-age                created|len|user|len|device|mid -> (empty)
+//	devices                    len|user|len|device -> JSON storage.DeviceState
+//
+// The docs bucket is both the (scope, collection, id, version) guard and the
+// index Latest reads through; it points at the log rather than copying the
+// state, which halves the bytes a commit writes. The head is the last log
+// key: compaction never deletes it, so a seq is never reused. The mutations
+// bucket is the (device, mutation id) guard and lets Receipt rebuild a lost
+// receipt from the log; compaction removes its key together with the
+// entry. receipt-age orders receipts by creation so that ExpireReceipts
+// touches only what expires.
+//
+// A scope bucket exists once the scope has an entry, so Scopes lists exactly
+// the scopes with a log.
+package embedded

@@ -1,0 +1,201 @@
+package embedded
+
+import (
+	"context"
+	"errors"
+	"math"
+	"path/filepath"
+	"testing"
+	"time"
+
+	bbolt "go.etcd.io/bbolt"
+
+	"github.com/syncgate/syncgate/storage"
+	"github.com/syncgate/syncgate/storage/storagetest"
+)
+
+// openTemp opens a store on a fresh file that is closed when t ends.
+func openTemp(t *testing.T, now func() time.Time) (*Store, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "data", "syncgate.db")
+	s, err := Open(t.Context(), path, Options{Now: now})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(context.Background()); err != nil && !errors.Is(err, storage.ErrClosed) {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s, path
+}
+
+func TestConformance(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, now func() time.Time) storage.Store {
+		s, _ := openTemp(t, now)
+		return s
+	})
+}
+
+func put(scope string, seq uint64, id string, version, mid uint64) storage.Entry {
+	return storage.Entry{
+		Scope: scope, Seq: seq, Collection: "notes", DocID: id, Version: version,
+		Op: storage.OpPut, State: map[string]any{"v": float64(version)},
+		Device: storage.DeviceRef{User: "alice", Device: "phone"}, MutationID: mid,
+	}
+}
+
+func TestSurvivesReopen(t *testing.T) {
+	ctx := context.Background()
+	s, path := openTemp(t, nil)
+	dev := storage.DeviceRef{User: "alice", Device: "phone"}
+	b := &storage.Batch{
+		Scope:          "user:alice",
+		Entries:        []storage.Entry{put("user:alice", 1, "n1", 1, 1), put("user:alice", 2, "n1", 2, 2)},
+		Receipts:       []storage.Receipt{{Device: dev, MutationID: 2, Outcome: storage.Merged, Scope: "user:alice"}},
+		Device:         dev,
+		LastMutationID: 2,
+	}
+	if _, err := s.Commit(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveCheckpoints(ctx, dev, map[string]uint64{"user:alice": 2}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	s2, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer s2.Close(ctx)
+	if h, err := s2.Head(ctx, "user:alice"); h != 2 || err != nil {
+		t.Errorf("Head = %d, %v; want 2", h, err)
+	}
+	if e, err := s2.Latest(ctx, "user:alice", "notes", "n1"); err != nil || e.Version != 2 {
+		t.Errorf("Latest = %+v, %v; want v2", e, err)
+	}
+	if r, err := s2.Receipt(ctx, dev, 2); err != nil || r.Outcome != storage.Merged {
+		t.Errorf("Receipt = %+v, %v; want the stored one", r, err)
+	}
+	if st, err := s2.Device(ctx, dev); err != nil || st.LastMutationID != 2 || st.Checkpoints["user:alice"] != 2 {
+		t.Errorf("Device = %+v, %v", st, err)
+	}
+	// The guards survive too.
+	n, err := s2.Commit(ctx, &storage.Batch{Scope: "user:alice", Entries: []storage.Entry{put("user:alice", 3, "n1", 3, 2)}})
+	var ce *storage.CommitError
+	if n != 0 || !errors.As(err, &ce) || ce.Taken != storage.TakenMutation {
+		t.Errorf("replay after reopen = %d, %v; want TakenMutation", n, err)
+	}
+}
+
+func TestSecondOpenFailsFast(t *testing.T) {
+	_, path := openTemp(t, nil)
+	start := time.Now()
+	s2, err := Open(context.Background(), path, Options{})
+	if err == nil {
+		s2.Close(context.Background())
+		t.Fatal("second Open of a locked file succeeded")
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("second Open took %s, want about %s", took, lockTimeout)
+	}
+	if want := "embedded: open "; len(err.Error()) < len(want) || err.Error()[:len(want)] != want {
+		t.Errorf("error %q lacks the package prefix", err)
+	}
+	t.Logf("second Open: %v", err)
+}
+
+func TestOpenRejectsForeignFile(t *testing.T) {
+	s, path := openTemp(t, nil)
+	// Rewrite the schema version as a future layout would.
+	if err := s.db.Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket([]byte(bucketMeta)).Put([]byte(keySchema), u64(schemaVersion+1))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close(context.Background())
+	if s2, err := Open(context.Background(), path, Options{}); err == nil {
+		s2.Close(context.Background())
+		t.Fatal("Open accepted an unknown schema version")
+	}
+}
+
+// The version rule is stricter than a unique index: a version that skips
+// ahead, for instance because a purge removed the document after the writer
+// read it, is a lost race too.
+func TestVersionMustFollowLatest(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTemp(t, nil)
+	if _, err := s.Commit(ctx, &storage.Batch{Scope: "s", Entries: []storage.Entry{put("s", 1, "a", 1, 0)}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []storage.Entry{put("s", 2, "a", 3, 0), put("s", 2, "new", 2, 0)} {
+		n, err := s.Commit(ctx, &storage.Batch{Scope: "s", Entries: []storage.Entry{e}})
+		var ce *storage.CommitError
+		if n != 0 || !errors.As(err, &ce) || ce.Taken != storage.TakenVersion {
+			t.Errorf("Commit(%s v%d) = %d, %v; want TakenVersion", e.DocID, e.Version, n, err)
+		}
+	}
+}
+
+// A batch that loses at its first entry writes nothing, not even the
+// bucket of a new scope.
+func TestLostFirstEntryLeavesNoScope(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTemp(t, nil)
+	if _, err := s.Commit(ctx, &storage.Batch{Scope: "a", Entries: []storage.Entry{put("a", 1, "n", 1, 1)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Commit(ctx, &storage.Batch{Scope: "b", Entries: []storage.Entry{put("b", 1, "n", 1, 1)}}); err == nil {
+		t.Fatal("replayed mutation committed in another scope")
+	}
+	if got, err := s.Scopes(ctx, "", 10); err != nil || len(got) != 1 || got[0] != "a" {
+		t.Errorf("Scopes = %v, %v; want [a]", got, err)
+	}
+}
+
+func TestErrorsCarryPrefix(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTemp(t, nil)
+	_, err := s.Latest(ctx, "s", "c", "id")
+	if !errors.Is(err, storage.ErrNotFound) || err.Error() != "embedded: latest: storage: not found" {
+		t.Errorf("Latest error = %q", err)
+	}
+	if _, err := s.Read(ctx, "s", 0, math.MaxUint64, 0); err == nil {
+		t.Error("Read with limit 0 succeeded")
+	}
+	if _, err := s.Commit(ctx, nil); err == nil || err.Error()[:len("embedded: ")] != "embedded: " {
+		t.Errorf("Commit(nil) = %v", err)
+	}
+}
+
+func TestKeysDoNotCollide(t *testing.T) {
+	pairs := [][2]storage.DeviceRef{
+		{{User: "a", Device: "bc"}, {User: "ab", Device: "c"}},
+		{{User: "a\x00", Device: "b"}, {User: "a", Device: "\x00b"}},
+	}
+	for _, p := range pairs {
+		if string(mutKey(p[0], 1)) == string(mutKey(p[1], 1)) {
+			t.Errorf("mutKey(%q) == mutKey(%q)", p[0], p[1])
+		}
+	}
+	if string(docKey("a", "bc")) == string(docKey("ab", "c")) {
+		t.Error("docKey collides")
+	}
+	// Time keys sort like times, across the Unix epoch and far beyond.
+	times := []time.Time{
+		time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(1969, 12, 31, 23, 59, 59, 999_999_999, time.UTC),
+		time.Unix(0, 0),
+		time.Unix(0, 1),
+		time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC),
+	}
+	for i := 1; i < len(times); i++ {
+		if string(timeKey(times[i-1])) >= string(timeKey(times[i])) {
+			t.Errorf("timeKey(%s) >= timeKey(%s)", times[i-1], times[i])
+		}
+	}
+}

@@ -1,0 +1,83 @@
+package engine
+
+import (
+	"slices"
+	"time"
+
+	"github.com/syncgate/syncgate/storage"
+	"github.com/syncgate/syncgate/sync/protocol"
+)
+
+// Principal is an authenticated device: who it is and what it may use.
+type Principal struct {
+	User   string   // the token's sub
+	Spaces []string // space ids (without the "space:" prefix) the token grants
+	Device string   // device id chosen by the client, unique within the user
+}
+
+// Ref names the principal's device in storage.
+func (p Principal) Ref() storage.DeviceRef { return storage.DeviceRef{User: p.User, Device: p.Device} }
+
+// CanUse reports whether the principal may read and write scope:
+// its own user:<sub> scope and the spaces its token lists.
+func (p Principal) CanUse(scope string) bool {
+	if scope == "user:"+p.User {
+		return true
+	}
+	if id, ok := cutPrefix(scope, "space:"); ok {
+		return slices.Contains(p.Spaces, id)
+	}
+	return false
+}
+
+func cutPrefix(s, prefix string) (string, bool) {
+	if len(s) > len(prefix) && s[:len(prefix)] == prefix {
+		return s[len(prefix):], true
+	}
+	return "", false
+}
+
+// Notifier receives every commit, in seq order per scope within this
+// process. The engine calls it while holding the scope's lock, so it must
+// not block: enqueue and return.
+type Notifier interface {
+	Committed(scope string, c *protocol.Changes)
+}
+
+// Config tunes the engine. The zero value of each field means its default.
+type Config struct {
+	// Node names this process in HLC timestamps and logs. Default "node".
+	Node string
+	// Retention is how long superseded entries and tombstones stay in the
+	// log before compaction removes them. Default 720h (30 days).
+	Retention time.Duration
+	// CompactEvery is the interval between compaction passes. Default 1h.
+	CompactEvery time.Duration
+	// ReceiptTTL is how long mutation receipts are kept. Default 24h; values
+	// below 24h are raised to 24h.
+	ReceiptTTL time.Duration
+	// MaxBatch is the most mutations one push may carry. Default 1000.
+	MaxBatch int
+	// PullLimit is the default page size of a pull. Default 500.
+	PullLimit int
+	// MaxPullLimit caps the page size a client may ask for. Default 5000.
+	MaxPullLimit int
+	// MaxDocBytes caps the JSON size of a document's state. Default 256 KiB.
+	MaxDocBytes int
+	// MaxClockSkew: a mutation whose HLC is further ahead of the server
+	// clock than this is re-stamped with the server clock, so one device
+	// with a wrong clock cannot win every future LWW race. Default 1m.
+	MaxClockSkew time.Duration
+	// Limits bound names and nesting in mutations.
+	Limits protocol.Limits
+	// Now returns the current time. Default time.Now (tests inject a clock).
+	Now func() time.Time
+}
+
+// OpenResult is what a device learns when its session opens.
+type OpenResult struct {
+	LastMutation uint64
+	Scopes       []protocol.ScopeState
+	// Denied holds the requested scopes the principal may not use.
+	Denied map[string]*protocol.Error
+}
