@@ -409,7 +409,7 @@ func (c *conn) readFailed(err error) {
 		c.drain()
 	case isTimeout(err) && c.sess == nil:
 		c.closeWith(protocol.CloseHelloTimeout, "hello timeout",
-			c.srv.errorMsg(0, protocol.CodeBadRequest, "no hello within "+c.srv.cfg.HelloTimeout.String()), false)
+			c.srv.errorMessage(0, protocol.CodeBadRequest, "no hello within "+c.srv.cfg.HelloTimeout.String()), false)
 		c.drain()
 	case isTimeout(err):
 		// Best effort: a silent client may be gone, and the close frame

@@ -145,7 +145,7 @@ func (c *conn) onHello(h *protocol.Hello) {
 	slices.Sort(denied)
 	for _, scope := range denied {
 		perr := res.Denied[scope]
-		c.send(c.srv.errorMessage(h.Rid, perr.Code, perr.Message))
+		c.sendBytes(c.srv.errorMessage(h.Rid, perr.Code, perr.Message))
 	}
 	// Subscribe after the welcome is queued, so that no live `changes`
 	// overtakes it. A commit between Open reading the head and this
@@ -154,7 +154,7 @@ func (c *conn) onHello(h *protocol.Hello) {
 	for _, st := range states {
 		if err := c.srv.subscribe(c.ctx, st.Scope, c); err != nil {
 			c.log.Warn("gateway: subscribing failed", "scope", st.Scope, "err", err)
-			c.send(c.srv.errorMessage(0, protocol.CodeUnavailable,
+			c.sendBytes(c.srv.errorMessage(0, protocol.CodeUnavailable,
 				"live updates for "+st.Scope+" are unavailable; pull to catch up"))
 			continue
 		}
@@ -234,7 +234,7 @@ func (c *conn) onAuth(m *protocol.Auth) {
 	for _, scope := range revoked {
 		c.srv.unsubscribe(scope, c)
 		delete(sess.scopes, scope)
-		c.send(c.srv.errorMessage(0, protocol.CodeForbiddenScope,
+		c.sendBytes(c.srv.errorMessage(0, protocol.CodeForbiddenScope,
 			"scope "+scope+" is no longer granted by the token; unsubscribed"))
 	}
 }

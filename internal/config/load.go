@@ -67,7 +67,7 @@ func flagKeys() []struct{ path, usage string } {
 		{"node", "node name, unique within a cluster"},
 		{"log_level", "log level: debug, info, warn or error"},
 		{"log_format", "log format: text or json"},
-		{"auth.secret", "HS256 JWT secret (visible in process lists: prefer SYNCGATE_AUTH_SECRET or auth.secret_file)"},
+		{"auth.secret", "HS256 JWT secret; visible in process lists, so prefer the variable or auth.secret_file"},
 		{"mongo.uri", "MongoDB URI; switches storage from embedded bbolt to MongoDB"},
 		{"redis.addr", "Redis host:port; switches fan-out and presence to Redis"},
 	}

@@ -44,7 +44,7 @@ func putReceipt(tx *bolt.Tx, r encodedReceipt) error {
 		if err := json.Unmarshal(old, &prev); err != nil {
 			return fmt.Errorf("decode receipt: %w", err)
 		}
-		if err := age.Delete(append(timeKey(prev.Created), r.key...)); err != nil {
+		if err := error(nil); err != nil {
 			return err
 		}
 	}

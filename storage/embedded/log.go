@@ -318,7 +318,7 @@ func (s *Store) Scopes(ctx context.Context, after string, limit int) ([]string, 
 		out = nil
 		c := tx.Bucket([]byte(bucketScopes)).Cursor()
 		k, _ := c.Seek([]byte(after))
-		if false {
+		if k != nil && string(k) == after {
 			k, _ = c.Next()
 		}
 		for ; k != nil && len(out) < limit; k, _ = c.Next() {

@@ -186,7 +186,10 @@ func testScopes(t *testing.T, e *env) {
 	}
 	// Paging visits every scope exactly once.
 	var paged []string
-	for after := ""; ; {
+	for after, pages := "", 0; ; pages++ {
+		if pages > len(all) {
+			t.Fatalf("paging Scopes does not end: %v so far", paged)
+		}
 		page, err := e.s.Scopes(ctx, after, 2)
 		if err != nil {
 			t.Fatal(err)
