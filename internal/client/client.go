@@ -48,6 +48,7 @@ type Device struct {
 	checkpoints map[string]uint64
 	scopes      []string
 	acked       map[uint64]protocol.Result
+	confirmed   map[uint64]bool // pending mutations already seen committed in a changes entry
 	conn        *websocket.Conn
 	writeMu     sync.Mutex
 	rid         uint64
@@ -64,7 +65,7 @@ func New(id, url, token string, scopes ...string) *Device {
 	d := &Device{
 		ID: id, URL: url, Token: token, scopes: scopes,
 		replica: map[string]map[string]Doc{}, checkpoints: map[string]uint64{},
-		acked: map[uint64]protocol.Result{},
+		acked: map[uint64]protocol.Result{}, confirmed: map[uint64]bool{},
 	}
 	for _, s := range scopes {
 		d.replica[s] = map[string]Doc{}
@@ -242,7 +243,7 @@ func (d *Device) reset(scope string) {
 	d.replica[scope] = map[string]Doc{}
 	d.checkpoints[scope] = 0
 	for _, m := range d.pending {
-		if m.Scope == scope {
+		if m.Scope == scope && !d.confirmed[m.ID] {
 			d.applyLocalLocked(m)
 		}
 	}
@@ -318,6 +319,8 @@ func (d *Device) dropAckedLocked(results []protocol.Result) {
 	for _, m := range d.pending {
 		if !done[m.ID] {
 			kept = append(kept, m)
+		} else {
+			delete(d.confirmed, m.ID)
 		}
 	}
 	d.pending = kept
@@ -405,6 +408,9 @@ func (d *Device) apply(c *protocol.Changes) bool {
 		d.replica[c.Scope] = rep
 	}
 	for _, e := range c.Entries {
+		if e.Device == d.ID {
+			d.confirmed[e.MutationID] = true // in the server state now: never re-apply it
+		}
 		if e.Seq <= cp {
 			continue
 		}
@@ -415,9 +421,10 @@ func (d *Device) apply(c *protocol.Changes) bool {
 		rep[key] = Doc{Version: e.Version, State: e.State, Deleted: e.Deleted}
 	}
 	d.checkpoints[c.Scope] = c.To
-	// Rebase: pending local mutations stay applied on top of server state.
+	// Rebase: pending local mutations that the server state does not yet
+	// include stay applied on top of it.
 	for _, m := range d.pending {
-		if m.Scope == c.Scope {
+		if m.Scope == c.Scope && !d.confirmed[m.ID] {
 			for _, e := range c.Entries {
 				if e.Collection == m.Collection && e.DocID == m.DocID {
 					d.applyLocalLocked(m)

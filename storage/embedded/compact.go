@@ -84,7 +84,7 @@ func (s *Store) Compact(ctx context.Context, scope string, olderThan time.Time) 
 	return stats, nil
 }
 
-// compactCandidates examines up to chunk log keys from seq `from` and
+// compactCandidates examines up to s.chunk log keys from seq `from` and
 // returns the seqs that look deletable, and the seq to continue from (0
 // when the log is exhausted).
 func (s *Store) compactCandidates(ctx context.Context, scope string, from uint64, olderThan time.Time) ([]uint64, uint64, error) {
@@ -102,7 +102,7 @@ func (s *Store) compactCandidates(ctx context.Context, scope string, from uint64
 		c := log.Cursor()
 		n := 0
 		for k, v := c.Seek(seqKey(from)); k != nil; k, v = c.Next() {
-			if n == chunk {
+			if n == s.chunk {
 				next = seqOf(k)
 				return nil
 			}

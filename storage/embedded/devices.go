@@ -44,7 +44,7 @@ func putReceipt(tx *bolt.Tx, r encodedReceipt) error {
 		if err := json.Unmarshal(old, &prev); err != nil {
 			return fmt.Errorf("decode receipt: %w", err)
 		}
-		if err := error(nil); err != nil {
+		if err := age.Delete(append(timeKey(prev.Created), r.key...)); err != nil {
 			return err
 		}
 	}
@@ -112,7 +112,7 @@ func rebuildReceipt(tx *bolt.Tx, key []byte, dev storage.DeviceRef, mutationID u
 }
 
 // ExpireReceipts deletes receipts created before olderThan. It walks the
-// creation-time index in write transactions of at most chunk receipts, so
+// creation-time index in write transactions of at most s.chunk receipts, so
 // Commit waits at most one chunk.
 func (s *Store) ExpireReceipts(ctx context.Context, olderThan time.Time) (int, error) {
 	total := 0
@@ -125,7 +125,7 @@ func (s *Store) ExpireReceipts(ctx context.Context, olderThan time.Time) (int, e
 			var keys [][]byte
 			c := age.Cursor()
 			for k, _ := c.First(); k != nil && string(k[:timeLen]) < string(limit); k, _ = c.Next() {
-				if len(keys) == chunk {
+				if len(keys) == s.chunk {
 					more = true
 					break
 				}

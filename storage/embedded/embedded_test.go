@@ -37,6 +37,16 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestConformanceSmallChunks reruns the suite with housekeeping chunks of
+// three keys, so that compaction and expiry cross many chunk boundaries.
+func TestConformanceSmallChunks(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, now func() time.Time) storage.Store {
+		s, _ := openTemp(t, now)
+		s.chunk = 3
+		return s
+	})
+}
+
 func put(scope string, seq uint64, id string, version, mid uint64) storage.Entry {
 	return storage.Entry{
 		Scope: scope, Seq: seq, Collection: "notes", DocID: id, Version: version,

@@ -23,10 +23,10 @@ var _ storage.Store = (*Store)(nil)
 // a clear error into a hang.
 const lockTimeout = time.Second
 
-// chunk is how many keys one compaction or expiry transaction examines.
-// bbolt has a single writer, so a bounded chunk bounds how long a Commit
-// can wait behind housekeeping.
-const chunk = 1000
+// defaultChunk is how many keys one compaction or expiry transaction
+// examines. bbolt has a single writer, so a bounded chunk bounds how long a
+// Commit can wait behind housekeeping.
+const defaultChunk = 1000
 
 // Options tunes a Store. The zero value is ready to use.
 type Options struct {
@@ -45,6 +45,7 @@ type Store struct {
 	path   string
 	log    *slog.Logger
 	now    func() time.Time
+	chunk  int // defaultChunk; tests lower it to cross chunk boundaries
 	closed atomic.Bool
 }
 
@@ -69,7 +70,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("embedded: open %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path, log: opts.Logger, now: opts.Now}
+	s := &Store{db: db, path: path, log: opts.Logger, now: opts.Now, chunk: defaultChunk}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

@@ -121,6 +121,24 @@ func testCompactTombstones(t *testing.T, e *env) {
 	if h := e.horizon(t, scopeA); h != 6 {
 		t.Errorf("Horizon = %d, want 6", h)
 	}
+
+	// An entry of a purged document is superseded by the purged tombstone:
+	// it goes once old enough, even if it was committed after the
+	// tombstone (a caller-set Committed), and then the document can start
+	// again from version 1.
+	late := e.clock.Now().Add(10 * time.Hour)
+	g1 := entry(scopeA, 8, "g", 1, e.alice, 8)
+	g1.Committed = late
+	e.commitEach(t, g1, tombstone(scopeA, 9, "g", 2, e.alice, 9), entry(scopeA, 10, "h", 1, e.alice, 10))
+	wantStats(t, e.compact(t, scopeA, e.clock.Advance(time.Hour)), storage.CompactStats{Removed: 1, Horizon: 9})
+	e.wantSeqs(t, scopeA, 3, 4, 7, 8, 10)
+	e.wantNoDoc(t, scopeA, "g")
+	wantStats(t, e.compact(t, scopeA, late.Add(time.Second)), storage.CompactStats{Removed: 1, Horizon: 9})
+	e.wantSeqs(t, scopeA, 3, 4, 7, 10)
+	e.commitEach(t, entry(scopeA, 11, "g", 1, e.bob, 2))
+	if got := e.latest(t, scopeA, "g"); got.Version != 1 || got.Seq != 11 {
+		t.Errorf("Latest(g) = v%d seq %d, want v1 seq 11", got.Version, got.Seq)
+	}
 }
 
 // testCompactManyEntries compacts more entries than a backend would

@@ -1,0 +1,157 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binary is the syncgate binary built once for the package.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "syncgate-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "syncgate")
+	build := exec.Command("go", "build", "-race", "-o", binary, "../cmd/syncgate")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: building syncgate:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// node is one `syncgate serve` subprocess.
+type node struct {
+	t       *testing.T
+	dataDir string
+	addr    string
+	cmd     *exec.Cmd
+	logs    *syncBuffer
+	exited  chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startNode runs syncgate serve on dataDir and waits until /readyz answers.
+func startNode(t *testing.T, dataDir string, extra ...string) *node {
+	t.Helper()
+	n := &node{t: t, dataDir: dataDir, addr: freeAddr(t), logs: &syncBuffer{}, exited: make(chan error, 1)}
+	args := append([]string{"serve", "--listen", n.addr, "--data-dir", dataDir, "--log-level", "debug"}, extra...)
+	n.cmd = exec.Command(binary, args...)
+	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
+	n.cmd.Env = append(os.Environ(), "SYNCGATE_TIMING_SHUTDOWN_TIMEOUT=5s")
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { n.exited <- n.cmd.Wait() }()
+	t.Cleanup(func() {
+		if n.cmd.ProcessState == nil {
+			n.cmd.Process.Kill()
+			<-n.exited
+		}
+		if t.Failed() {
+			t.Logf("node %s logs:\n%s", n.addr, tail(n.logs.String(), 4000))
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://" + n.addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return n
+			}
+		}
+		select {
+		case err := <-n.exited:
+			t.Fatalf("syncgate exited at start: %v\n%s", err, n.logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatalf("syncgate not ready after 20s:\n%s", n.logs.String())
+	return nil
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "…" + s[len(s)-n:]
+}
+
+func (n *node) wsURL() string { return "ws://" + n.addr + "/v1/ws" }
+
+// token mints a dev token with the node's data-dir secret, like a user would.
+func (n *node) token(user string, args ...string) string {
+	n.t.Helper()
+	out, err := exec.Command(binary, append([]string{"token", "--data-dir", n.dataDir, "--user", user}, args...)...).CombinedOutput()
+	if err != nil {
+		n.t.Fatalf("syncgate token: %v: %s", err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// stop sends SIGTERM and waits for a clean exit within the deadline.
+func (n *node) stop(deadline time.Duration) {
+	n.t.Helper()
+	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		n.t.Fatal(err)
+	}
+	select {
+	case err := <-n.exited:
+		if err != nil {
+			n.t.Fatalf("syncgate exited with %v after SIGTERM:\n%s", err, tail(n.logs.String(), 4000))
+		}
+	case <-time.After(deadline):
+		n.cmd.Process.Kill()
+		n.t.Fatalf("syncgate did not exit within %s of SIGTERM", deadline)
+	}
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
