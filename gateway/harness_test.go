@@ -21,7 +21,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/syncgate/syncgate/conflict"
 	"github.com/syncgate/syncgate/gateway/auth"
@@ -178,10 +178,21 @@ func (h *harness) lastMutation(user, device string) uint64 {
 	return d.LastMutationID
 }
 
-// counter reads a metric value.
-func counter(t testing.TB, c prometheus.Collector) float64 {
+// counter reads the value of a counter or gauge.
+func counter(t testing.TB, c prometheus.Metric) float64 {
 	t.Helper()
-	return testutil.ToFloat64(c)
+	var pb dto.Metric
+	if err := c.Write(&pb); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case pb.Counter != nil:
+		return pb.Counter.GetValue()
+	case pb.Gauge != nil:
+		return pb.Gauge.GetValue()
+	}
+	t.Fatalf("%s is not a counter or gauge", c.Desc())
+	return 0
 }
 
 // eventually polls cond until it holds or the timeout passes.

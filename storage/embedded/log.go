@@ -66,7 +66,7 @@ func (s *Store) Commit(ctx context.Context, b *storage.Batch) (int, error) {
 			case err != nil:
 				return err
 			case taken != nil && n == 0:
-				return nil
+				return errRollback
 			case taken != nil:
 				return nil // keep the prefix; receipts wait for a full win
 			}

@@ -28,7 +28,7 @@ func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) 
 func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	store storage.Store
 	eng   *engine.Engine
 	clock *fakeClock
@@ -46,7 +46,7 @@ func (r *recorder) Committed(_ string, c *protocol.Changes) {
 	r.mu.Unlock()
 }
 
-func newHarness(t *testing.T, mutate func(*engine.Config)) *harness {
+func newHarness(t testing.TB, mutate func(*engine.Config)) *harness {
 	t.Helper()
 	clock := newFakeClock()
 	st, err := embedded.Open(context.Background(), t.TempDir()+"/sync.db", embedded.Options{Now: clock.Now})
@@ -57,7 +57,7 @@ func newHarness(t *testing.T, mutate func(*engine.Config)) *harness {
 	return newHarnessOn(t, st, clock, mutate)
 }
 
-func newHarnessOn(t *testing.T, st storage.Store, clock *fakeClock, mutate func(*engine.Config)) *harness {
+func newHarnessOn(t testing.TB, st storage.Store, clock *fakeClock, mutate func(*engine.Config)) *harness {
 	cfg := engine.Config{Node: "test", Now: clock.Now}
 	if mutate != nil {
 		mutate(&cfg)
