@@ -278,7 +278,10 @@ func (c *client) next(timeout time.Duration) (string, []byte, error) {
 		if err != nil {
 			var ce *websocket.CloseError
 			if errors.As(err, &ce) {
+				// gorilla has answered the close; like a browser, drop
+				// the TCP connection now.
 				c.closeErr = ce
+				_ = c.ws.Close()
 			}
 			return "", nil, err
 		}
@@ -368,7 +371,32 @@ func (h *harness) open(t testing.TB, user, device string, scopes ...string) (*cl
 		subs[i] = protocol.Subscription{Scope: s}
 	}
 	w := c.hello(token(t, user), device, subs...)
+	c.sync()
 	return c, w
+}
+
+// syncRid is the rid of sync's ping.
+const syncRid = 1 << 62
+
+// sync makes a ping round trip. The server handles a connection's messages
+// in order, so once the pong is back everything sent before (a hello's
+// subscriptions included) has taken effect. Other messages that arrive
+// meanwhile stay queued for next.
+func (c *client) sync() {
+	c.t.Helper()
+	c.send(&protocol.Ping{Envelope: protocol.Envelope{Rid: syncRid}})
+	var stash [][]byte
+	for {
+		typ, data, err := c.next(waitTimeout)
+		if err != nil {
+			c.t.Fatalf("sync: %v", err)
+		}
+		if typ == protocol.TypePong && bytes.Contains(data, []byte(`"rid":4611686018427387904`)) {
+			break
+		}
+		stash = append(stash, data)
+	}
+	c.pending = append(stash, c.pending...)
 }
 
 func (c *client) ping(rid uint64) {

@@ -401,14 +401,15 @@ func TestSlowConsumer(t *testing.T) {
 		c.OutboundQueueBytes = 64 << 10
 		c.WriteTimeout = 5 * time.Second
 	}))
-	slow := h.dial(t, withReadBuffer(4<<10))
+	slow := h.dial(t, withReadBuffer(256<<10))
 	slow.hello(token(t, "alice"), "slow", protocol.Subscription{Scope: "user:alice"})
 	pusher, _ := h.open(t, "alice", "pusher")
 	eventually(t, waitTimeout, "slow subscribed", func() bool { return h.srv.hub.subscribers("user:alice") == 1 })
 
-	blob := strings.Repeat("x", 32<<10)
+	blob := strings.Repeat("x", 60<<10)
 	var mid uint64
-	for round := 1; counter(t, h.srv.metrics.slowConsumers) == 0; round++ {
+	round := 1
+	for ; counter(t, h.srv.metrics.slowConsumers) == 0; round++ {
 		if round > 400 {
 			t.Fatal("the slow consumer was never disconnected")
 		}
@@ -427,6 +428,7 @@ func TestSlowConsumer(t *testing.T) {
 			t.Fatalf("ack = %+v", ack.Results[3])
 		}
 	}
+	t.Logf("slow consumer cut off after %d pushes of %d KiB", round-1, 4*len(blob)>>10)
 	// The slow client now reads: the changes that made it to the socket,
 	// then slow_consumer, then close 4008.
 	before := slow.expectClose(protocol.CloseSlowConsumer)

@@ -45,6 +45,11 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Mongo.URI != "" || cfg.Redis.Addr != "" {
+		// Refuse rather than silently run single-node on local storage.
+		return nil, errors.New("app: mongo.uri and redis.addr are not supported by this build yet: " +
+			"it runs on the embedded store with in-process fan-out; unset them")
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("app: data dir: %w", err)
 	}

@@ -75,11 +75,14 @@ func (s *Store) Compact(ctx context.Context, scope string, olderThan time.Time) 
 		}
 		from = next
 	}
-	h, err := s.Horizon(ctx, scope)
+	err := s.view(ctx, "compact", func(tx *bolt.Tx) error {
+		var err error
+		stats.Horizon, err = horizon(scopeBucket(tx, scope))
+		return err
+	})
 	if err != nil {
-		return stats, fmt.Errorf("embedded: compact: %w", err)
+		return stats, err
 	}
-	stats.Horizon = h
 	s.log.Debug("compacted scope", "scope", scope, "removed", stats.Removed, "horizon", stats.Horizon)
 	return stats, nil
 }

@@ -3,6 +3,7 @@ package embedded
 import (
 	"context"
 	"errors"
+	"maps"
 	"math"
 	"path/filepath"
 	"testing"
@@ -30,10 +31,21 @@ func openTemp(t *testing.T, now func() time.Time) (*Store, string) {
 	return s, path
 }
 
+// openChecked is openTemp plus a layout check when t ends, so that every
+// conformance subtest also proves the buckets agree with each other.
+func openChecked(t *testing.T, now func() time.Time) *Store {
+	s, _ := openTemp(t, now)
+	t.Cleanup(func() { // runs before openTemp's Close
+		if !s.closed.Load() {
+			checkLayout(t, s)
+		}
+	})
+	return s
+}
+
 func TestConformance(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T, now func() time.Time) storage.Store {
-		s, _ := openTemp(t, now)
-		return s
+		return openChecked(t, now)
 	})
 }
 
@@ -41,10 +53,83 @@ func TestConformance(t *testing.T) {
 // three keys, so that compaction and expiry cross many chunk boundaries.
 func TestConformanceSmallChunks(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T, now func() time.Time) storage.Store {
-		s, _ := openTemp(t, now)
+		s := openChecked(t, now)
 		s.chunk = 3
 		return s
 	})
+}
+
+// checkLayout verifies the invariants doc.go describes: docs points at the
+// newest entry of each document in the log; the mutation index holds
+// exactly the log's entries with a mutation id; every receipt has exactly
+// one receipt-age key.
+func checkLayout(t *testing.T, s *Store) {
+	t.Helper()
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		wantMuts := map[string]string{}
+		err := tx.Bucket([]byte(bucketScopes)).ForEachBucket(func(scope []byte) error {
+			sc := tx.Bucket([]byte(bucketScopes)).Bucket(scope)
+			log, docs := sc.Bucket([]byte(bucketLog)), sc.Bucket([]byte(bucketDocs))
+			newest := map[string]uint64{}
+			if err := log.ForEach(func(k, v []byte) error {
+				e, err := decodeEntry(v)
+				if err != nil {
+					return err
+				}
+				if e.Seq != seqOf(k) || e.Scope != string(scope) {
+					t.Errorf("%s: key %d holds seq %d of %q", scope, seqOf(k), e.Seq, e.Scope)
+				}
+				newest[string(docKey(e.Collection, e.DocID))] = e.Seq
+				if e.MutationID != 0 {
+					wantMuts[string(mutKey(e.Device, e.MutationID))] = string(encodeMutRef(mutRef{scope: string(scope), seq: e.Seq}))
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+			return docs.ForEach(func(k, v []byte) error {
+				ref, err := decodeDocRef(v)
+				if err != nil {
+					return err
+				}
+				raw := log.Get(seqKey(ref.seq))
+				if raw == nil {
+					t.Errorf("%s: docs points at missing seq %d", scope, ref.seq)
+					return nil
+				}
+				if e, _ := decodeEntry(raw); e.Version != ref.version || newest[string(k)] != ref.seq {
+					t.Errorf("%s: docs says v%d seq %d; log has v%d, newest seq %d", scope, ref.version, ref.seq, e.Version, newest[string(k)])
+				}
+				return nil
+			})
+		})
+		if err != nil {
+			return err
+		}
+		gotMuts := map[string]string{}
+		if err := tx.Bucket([]byte(bucketMutations)).ForEach(func(k, v []byte) error {
+			gotMuts[string(k)] = string(v)
+			return nil
+		}); err != nil {
+			return err
+		}
+		if !maps.Equal(gotMuts, wantMuts) {
+			t.Errorf("mutation index has %d keys, want %d (one per logged mutation)", len(gotMuts), len(wantMuts))
+		}
+		receipts, ages := tx.Bucket([]byte(bucketReceipts)), tx.Bucket([]byte(bucketReceiptAge))
+		if r, a := receipts.Stats().KeyN, ages.Stats().KeyN; r != a {
+			t.Errorf("%d receipts but %d receipt-age keys", r, a)
+		}
+		return ages.ForEach(func(k, _ []byte) error {
+			if receipts.Get(k[timeLen:]) == nil {
+				t.Errorf("receipt-age key without a receipt")
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Errorf("checkLayout: %v", err)
+	}
 }
 
 func put(scope string, seq uint64, id string, version, mid uint64) storage.Entry {
@@ -207,5 +292,53 @@ func TestKeysDoNotCollide(t *testing.T) {
 		if string(timeKey(times[i-1])) >= string(timeKey(times[i])) {
 			t.Errorf("timeKey(%s) >= timeKey(%s)", times[i-1], times[i])
 		}
+	}
+}
+
+// A chunk that became a superseded entry between the scan and the delete
+// (a new version of a tombstoned document was committed) must not purge
+// the document or raise the horizon.
+func TestCompactRechecksCandidates(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTemp(t, nil)
+	del := put("s", 2, "a", 2, 2)
+	del.Op, del.State, del.Deleted = storage.OpDelete, nil, true
+	for _, e := range []storage.Entry{put("s", 1, "a", 1, 1), del, put("s", 3, "b", 1, 3)} {
+		if _, err := s.Commit(ctx, &storage.Batch{Scope: "s", Entries: []storage.Entry{e}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cutoff := time.Now().Add(time.Hour)
+	candidates, _, err := s.compactCandidates(ctx, "s", 1, cutoff)
+	if err != nil || len(candidates) != 2 {
+		t.Fatalf("candidates = %v, %v; want seqs 1 and 2", candidates, err)
+	}
+	if _, err := s.Commit(ctx, &storage.Batch{Scope: "s", Entries: []storage.Entry{put("s", 4, "a", 3, 4)}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.compactApply(ctx, "s", candidates, cutoff); n != 2 || err != nil {
+		t.Fatalf("compactApply = %d, %v; want 2", n, err)
+	}
+	if e, err := s.Latest(ctx, "s", "notes", "a"); err != nil || e.Version != 3 {
+		t.Errorf("Latest(a) = %+v, %v; want v3", e, err)
+	}
+	if h, _ := s.Horizon(ctx, "s"); h != 0 {
+		t.Errorf("Horizon = %d, want 0: nothing was erased", h)
+	}
+	checkLayout(t, s)
+}
+
+// A rebuilt receipt of a delete says so.
+func TestRebuiltReceiptOfDelete(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTemp(t, nil)
+	del := put("s", 2, "a", 2, 2)
+	del.Op, del.State, del.Deleted = storage.OpDelete, nil, true
+	if _, err := s.Commit(ctx, &storage.Batch{Scope: "s", Entries: []storage.Entry{put("s", 1, "a", 1, 1), del}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Receipt(ctx, del.Device, 2)
+	if err != nil || !r.Deleted || r.Outcome != storage.Applied || r.Seq != 2 || r.Created.IsZero() {
+		t.Errorf("Receipt = %+v, %v; want Applied, Deleted, seq 2, Created from the entry", r, err)
 	}
 }

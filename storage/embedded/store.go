@@ -86,7 +86,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 // only costs a freelist rebuild at open after a crash.
 func boltOptions() *bolt.Options {
 	return &bolt.Options{
-		Timeout:        0,
+		Timeout:        lockTimeout,
 		NoSync:         false,
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,

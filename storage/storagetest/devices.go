@@ -104,7 +104,13 @@ func testExpireReceipts(t *testing.T, e *env) {
 	if got := e.receipt(t, e.alice, 10); got.Outcome != storage.Merged {
 		t.Fatalf("Receipt(10) = %+v, want the stored Merged receipt", got)
 	}
-	expire(e.clock.Advance(24*time.Hour), 2)
+	var many []storage.Receipt
+	for mid := uint64(20); mid < 27; mid++ {
+		many = append(many, rejected(e.bob, mid))
+	}
+	e.commit(t, &storage.Batch{Scope: scopeA, Receipts: many})
+	expire(e.clock.Advance(24*time.Hour), 9)
+	e.wantNoReceipt(t, e.bob, 26)
 	if got := e.receipt(t, e.alice, 10); got.Outcome != storage.Applied || got.Seq != 1 {
 		t.Errorf("Receipt(10) = %+v, want Applied seq 1 rebuilt from the log", got)
 	}

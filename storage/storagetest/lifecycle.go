@@ -23,19 +23,39 @@ func testConcurrentWriters(t *testing.T, e *env) {
 	ctx := context.Background()
 	var retries atomic.Int64
 
-	// write commits mutation mid of dev to doc, retrying lost races.
-	write := func(dev storage.DeviceRef, mid uint64, doc string) error {
-		for range maxRetries {
-			head, err := e.s.Head(ctx, scopeA)
-			if err != nil {
-				return err
-			}
-			var version uint64
+	// read returns the head and the document's latest version. Half the
+	// writers read the document first: then only the version guard stops
+	// them from committing over a version that moved after they read it.
+	read := func(doc string, versionFirst bool) (head, version uint64, err error) {
+		readHead := func() error {
+			head, err = e.s.Head(ctx, scopeA)
+			return err
+		}
+		readVersion := func() error {
 			latest, err := e.s.Latest(ctx, scopeA, notes, doc)
-			switch {
-			case err == nil:
-				version = latest.Version
-			case !errors.Is(err, storage.ErrNotFound):
+			if errors.Is(err, storage.ErrNotFound) {
+				return nil
+			}
+			version = latest.Version
+			return err
+		}
+		steps := []func() error{readHead, readVersion}
+		if versionFirst {
+			steps[0], steps[1] = steps[1], steps[0]
+		}
+		for _, step := range steps {
+			if err := step(); err != nil {
+				return 0, 0, err
+			}
+		}
+		return head, version, nil
+	}
+
+	// write commits mutation mid of dev to doc, retrying lost races.
+	write := func(dev storage.DeviceRef, mid uint64, doc string, versionFirst bool) error {
+		for range maxRetries {
+			head, version, err := read(doc, versionFirst)
+			if err != nil {
 				return err
 			}
 			en := entry(scopeA, head+1, doc, version+1, dev, mid)
@@ -67,7 +87,7 @@ func testConcurrentWriters(t *testing.T, e *env) {
 				if i%5 == 4 {
 					doc = fmt.Sprintf("own%02d", w)
 				}
-				if err := write(dev, uint64(i+1), doc); err != nil {
+				if err := write(dev, uint64(i+1), doc, w%2 == 1); err != nil {
 					t.Error(err)
 					return
 				}

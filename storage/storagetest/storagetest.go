@@ -44,21 +44,21 @@ type Opener func(t *testing.T, now func() time.Time) storage.Store
 // only ever moves by whole seconds.
 func epoch() time.Time { return time.Date(2025, 10, 1, 12, 0, 0, 0, time.UTC) }
 
-// Clock is a settable clock, safe for concurrent use.
-type Clock struct {
+// clock is a settable clock, safe for concurrent use.
+type clock struct {
 	mu  sync.Mutex
 	now time.Time
 }
 
 // Now returns the clock's time.
-func (c *Clock) Now() time.Time {
+func (c *clock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.now
 }
 
 // Advance moves the clock forward by d and returns the new time.
-func (c *Clock) Advance(d time.Duration) time.Time {
+func (c *clock) Advance(d time.Duration) time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
@@ -97,7 +97,7 @@ func Run(t *testing.T, open Opener) {
 // env is one subtest's store and clock, and the devices it writes as.
 type env struct {
 	s     storage.Store
-	clock *Clock
+	clock *clock
 	open  Opener
 
 	alice, alice2, bob storage.DeviceRef
@@ -105,7 +105,7 @@ type env struct {
 
 func newEnv(t *testing.T, open Opener) *env {
 	t.Helper()
-	c := &Clock{now: epoch()}
+	c := &clock{now: epoch()}
 	return &env{
 		s: open(t, c.Now), clock: c, open: open,
 		alice:  storage.DeviceRef{User: "alice", Device: "phone"},
