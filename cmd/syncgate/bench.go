@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -39,6 +40,7 @@ func bench(args, env []string, stdout io.Writer) error {
 	duration := fs.Duration("duration", 10*time.Second, "how long to push")
 	batch := fs.Int("batch", 1, "mutations per push")
 	baseline := fs.Bool("baseline", true, "also measure a bare WebSocket relay (in-process mode only)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (server included in process mode)")
 	cfg, err := loadConfig(fs, args, env, io.Discard)
 	if err != nil {
 		return err
@@ -48,6 +50,17 @@ func bench(args, env []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	target := *url
 	if target == "" {

@@ -58,7 +58,11 @@ func (s *Store) Commit(ctx context.Context, b *storage.Batch) (int, error) {
 		n     int
 		taken *storage.CommitError
 	)
-	err = s.update(ctx, "commit", func(tx *bolt.Tx) error {
+	if err := s.begin(ctx, "commit"); err != nil {
+		return 0, err
+	}
+	err = s.wrap("commit", s.group.do(func(tx *bolt.Tx) error {
+		n, taken = 0, nil // fn may rerun (group.go): recompute from scratch
 		if len(b.Entries) > 0 {
 			var err error
 			n, taken, err = insertEntries(tx, b, entries)
@@ -72,7 +76,7 @@ func (s *Store) Commit(ctx context.Context, b *storage.Batch) (int, error) {
 			}
 		}
 		return writeProgress(tx, b, receipts)
-	})
+	}))
 	if err != nil && !errors.Is(err, errRollback) {
 		return 0, err
 	}
@@ -140,21 +144,19 @@ func encodeEntries(entries []storage.Entry, now time.Time) ([][]byte, error) {
 // and inserts the winners. Because bbolt has a single writer, the head and
 // latest versions it reads cannot move under it.
 func insertEntries(tx *bolt.Tx, b *storage.Batch, values [][]byte) (int, *storage.CommitError, error) {
-	sc, err := tx.Bucket([]byte(bucketScopes)).CreateBucketIfNotExists([]byte(b.Scope))
-	if err != nil {
-		return 0, nil, err
-	}
-	log, err := sc.CreateBucketIfNotExists([]byte(bucketLog))
-	if err != nil {
-		return 0, nil, err
-	}
-	log.FillPercent = logFillPercent
-	docs, err := sc.CreateBucketIfNotExists([]byte(bucketDocs))
-	if err != nil {
-		return 0, nil, err
+	// Buckets are looked up, not created, until the first entry is known to
+	// win: a commit whose first entry loses writes nothing, so it can share
+	// a group transaction (see group.go) and leaves no empty scope behind.
+	scopes := tx.Bucket([]byte(bucketScopes))
+	var log, docs *bolt.Bucket
+	if sc := scopes.Bucket([]byte(b.Scope)); sc != nil {
+		log, docs = sc.Bucket([]byte(bucketLog)), sc.Bucket([]byte(bucketDocs))
 	}
 	muts := tx.Bucket([]byte(bucketMutations))
-	head := lastSeq(log)
+	var head uint64
+	if log != nil {
+		head = lastSeq(log)
+	}
 	for i, e := range b.Entries {
 		if e.Seq <= head {
 			return i, &storage.CommitError{Index: i, Taken: storage.TakenSeq}, nil
@@ -163,9 +165,12 @@ func insertEntries(tx *bolt.Tx, b *storage.Batch, values [][]byte) (int, *storag
 			return i, nil, fmt.Errorf("entry %d: seq %d would leave a gap after head %d", i, e.Seq, head)
 		}
 		dk := docKey(e.Collection, e.DocID)
-		latest, err := docVersion(docs, dk)
-		if err != nil {
-			return i, nil, err
+		var latest uint64
+		if docs != nil {
+			var err error
+			if latest, err = docVersion(docs, dk); err != nil {
+				return i, nil, err
+			}
 		}
 		if e.Version != latest+1 {
 			return i, &storage.CommitError{Index: i, Taken: storage.TakenVersion}, nil
@@ -175,6 +180,12 @@ func insertEntries(tx *bolt.Tx, b *storage.Batch, values [][]byte) (int, *storag
 			mk = mutKey(e.Device, e.MutationID)
 			if muts.Get(mk) != nil {
 				return i, &storage.CommitError{Index: i, Taken: storage.TakenMutation}, nil
+			}
+		}
+		if log == nil {
+			var err error
+			if log, docs, err = createScope(scopes, b.Scope); err != nil {
+				return i, nil, err
 			}
 		}
 		if err := log.Put(seqKey(e.Seq), values[i]); err != nil {
@@ -191,6 +202,21 @@ func insertEntries(tx *bolt.Tx, b *storage.Batch, values [][]byte) (int, *storag
 		head = e.Seq
 	}
 	return len(b.Entries), nil, nil
+}
+
+func createScope(scopes *bolt.Bucket, scope string) (log, docs *bolt.Bucket, err error) {
+	sc, err := scopes.CreateBucketIfNotExists([]byte(scope))
+	if err != nil {
+		return nil, nil, err
+	}
+	if log, err = sc.CreateBucketIfNotExists([]byte(bucketLog)); err != nil {
+		return nil, nil, err
+	}
+	log.FillPercent = logFillPercent
+	if docs, err = sc.CreateBucketIfNotExists([]byte(bucketDocs)); err != nil {
+		return nil, nil, err
+	}
+	return log, docs, nil
 }
 
 // docVersion is the latest version of a document, 0 when it has no entry.

@@ -47,6 +47,7 @@ type Store struct {
 	now    func() time.Time
 	chunk  int // defaultChunk; tests lower it to cross chunk boundaries
 	closed atomic.Bool
+	group  groupCommit // Commit's write path
 }
 
 // Open opens (creating it and its directory if needed) the bbolt file at
@@ -70,7 +71,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("embedded: open %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path, log: opts.Logger, now: opts.Now, chunk: defaultChunk}
+	s := &Store{db: db, path: path, log: opts.Logger, now: opts.Now, chunk: defaultChunk, group: groupCommit{db: db}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
