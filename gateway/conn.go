@@ -42,8 +42,8 @@ var frameSep = []byte{'\n'}
 type conn struct {
 	srv    *Server
 	ws     *websocket.Conn
-	log    *slog.Logger
-	ctx    context.Context // cancelled when the socket is closed
+	log    atomic.Pointer[slog.Logger] // gains user/device/session at hello; read by every goroutine
+	ctx    context.Context             // cancelled when the socket is closed
 	cancel context.CancelFunc
 
 	wake      chan struct{} // capacity 1: the queue or the closing state changed
@@ -72,15 +72,19 @@ type conn struct {
 
 func newConn(s *Server, ws *websocket.Conn, parent context.Context, log *slog.Logger) *conn {
 	ctx, cancel := context.WithCancel(parent)
-	return &conn{
-		srv: s, ws: ws, log: log, ctx: ctx, cancel: cancel,
+	c := &conn{
+		srv: s, ws: ws, ctx: ctx, cancel: cancel,
 		wake:      make(chan struct{}, 1),
 		readDone:  make(chan struct{}),
 		writeDone: make(chan struct{}),
 		closeSent: make(chan struct{}),
 		done:      make(chan struct{}),
 	}
+	c.log.Store(log)
+	return c
 }
+
+func (c *conn) logger() *slog.Logger { return c.log.Load() }
 
 // serve runs the connection until it ends. It is called on the HTTP
 // handler's goroutine, which becomes the read loop.
@@ -88,7 +92,7 @@ func (c *conn) serve() {
 	defer c.teardown()
 	defer func() {
 		if r := recover(); r != nil {
-			c.log.Error("gateway: panic in connection read loop", "panic", r, "stack", stack())
+			c.logger().Error("gateway: panic in connection read loop", "panic", r, "stack", stack())
 			c.closeWith(protocol.CloseInternal, "internal error", nil, true)
 		}
 	}()
@@ -117,7 +121,7 @@ func (c *conn) teardown() {
 	c.queue, c.queued, c.closing = nil, 0, true
 	c.mu.Unlock()
 	c.srv.metrics.closed(code)
-	c.log.Debug("gateway: connection closed", "code", code)
+	c.logger().Debug("gateway: connection closed", "code", code)
 	close(c.done)
 }
 
@@ -144,8 +148,9 @@ func (c *conn) enqueue(data []byte) bool {
 	}
 	if c.queued > 0 && c.queued+len(data) > c.srv.cfg.OutboundQueueBytes {
 		c.mu.Unlock()
+		// No logging here: enqueue runs under hub locks and must not
+		// block; finishClose logs the close.
 		c.srv.metrics.slowConsumers.Inc()
-		c.log.Info("gateway: slow consumer: outbound queue overflowed", "limit", c.srv.cfg.OutboundQueueBytes)
 		c.closeWith(protocol.CloseSlowConsumer, string(protocol.CodeSlowConsumer), c.srv.slowConsumerMsg, true)
 		return false
 	}
@@ -244,7 +249,7 @@ func (c *conn) writeLoop() {
 	defer close(c.writeDone)
 	defer func() {
 		if r := recover(); r != nil {
-			c.log.Error("gateway: panic in connection write loop", "panic", r, "stack", stack())
+			c.logger().Error("gateway: panic in connection write loop", "panic", r, "stack", stack())
 			c.closeNetConn()
 		}
 	}()
@@ -321,7 +326,7 @@ func (c *conn) writeFrame(batch [][]byte) error {
 
 func (c *conn) writeFailed(err error) {
 	if !errors.Is(err, websocket.ErrCloseSent) && !errors.Is(err, net.ErrClosed) {
-		c.log.Debug("gateway: write failed", "err", err)
+		c.logger().Debug("gateway: write failed", "err", err)
 	}
 	c.closeNetConn()
 }
@@ -332,11 +337,14 @@ func (c *conn) finishClose() {
 	c.mu.Lock()
 	code, text, sent := c.closeCode, c.closeText, c.closeFrameSent
 	c.mu.Unlock()
+	if code == protocol.CloseSlowConsumer {
+		c.logger().Info("gateway: slow consumer: outbound queue overflowed", "limit", c.srv.cfg.OutboundQueueBytes)
+	}
 	if !sent {
 		err := c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text),
 			time.Now().Add(c.srv.cfg.WriteTimeout))
 		if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
-			c.log.Debug("gateway: writing close frame failed", "code", code, "err", err)
+			c.logger().Debug("gateway: writing close frame failed", "code", code, "err", err)
 		}
 	}
 	close(c.closeSent)
@@ -404,7 +412,7 @@ func (c *conn) readFailed(err error) {
 		// finishClose retries it if that write lost the race for the
 		// socket. The rest of the oversized frame is still arriving:
 		// drain it so the close does not turn into a reset.
-		c.log.Debug("gateway: message exceeds MaxMessageBytes", "limit", c.srv.cfg.MaxMessageBytes)
+		c.logger().Debug("gateway: message exceeds MaxMessageBytes", "limit", c.srv.cfg.MaxMessageBytes)
 		c.closeWith(protocol.CloseMessageTooBig, "message too big", nil, true)
 		c.drain()
 	case isTimeout(err) && c.sess == nil:
@@ -418,7 +426,7 @@ func (c *conn) readFailed(err error) {
 		c.drain()
 	default:
 		// EOF, reset: the socket is gone without a close frame.
-		c.log.Debug("gateway: read failed", "err", err)
+		c.logger().Debug("gateway: read failed", "err", err)
 	}
 }
 

@@ -113,13 +113,13 @@ func (c *conn) onHello(h *protocol.Hello) {
 	res, err := c.srv.engine.Open(c.ctx, p, subs)
 	if err != nil {
 		perr := asProtocolError(err)
-		c.log.Warn("gateway: opening session failed", "user", p.User, "device", p.Device, "err", err)
+		c.logger().Warn("gateway: opening session failed", "user", p.User, "device", p.Device, "err", err)
 		c.fatal(h.Rid, perr, protocol.CloseInternal)
 		return
 	}
 	sess := &session{id: sessionID(h.Session), principal: p, scopes: make(map[string]struct{}, len(res.Scopes))}
 	c.sess = sess
-	c.log = c.log.With("user", p.User, "device", p.Device, "session", sess.id)
+	c.log.Store(c.logger().With("user", p.User, "device", p.Device, "session", sess.id))
 	c.armExpiry(claims.ExpiresAt)
 
 	states := res.Scopes
@@ -153,7 +153,7 @@ func (c *conn) onHello(h *protocol.Hello) {
 	// welcome (or a later changes.from above its checkpoint) and pulls.
 	for _, st := range states {
 		if err := c.srv.subscribe(c.ctx, st.Scope, c); err != nil {
-			c.log.Warn("gateway: subscribing failed", "scope", st.Scope, "err", err)
+			c.logger().Warn("gateway: subscribing failed", "scope", st.Scope, "err", err)
 			c.sendBytes(c.srv.errorMessage(0, protocol.CodeUnavailable,
 				"live updates for "+st.Scope+" are unavailable; pull to catch up"))
 			continue
@@ -254,7 +254,7 @@ func (c *conn) armExpiry(exp time.Time) {
 		if c.expiryGen.Load() != gen {
 			return
 		}
-		c.log.Debug("gateway: token expired without refresh")
+		c.logger().Debug("gateway: token expired without refresh")
 		c.closeWith(protocol.CloseTokenExpired, string(protocol.CodeTokenExpired),
 			c.srv.errorMessage(0, protocol.CodeTokenExpired, "the token expired; send auth before expiresAt"), false)
 	})
@@ -262,7 +262,7 @@ func (c *conn) armExpiry(exp time.Time) {
 
 // authFailed closes the connection after a token failed verification.
 func (c *conn) authFailed(rid uint64, err error) {
-	c.log.Debug("gateway: token rejected", "err", err)
+	c.logger().Debug("gateway: token rejected", "err", err)
 	if errors.Is(err, auth.ErrExpired) {
 		c.fatal(rid, protocol.Errorf(protocol.CodeTokenExpired, "the token has expired"), protocol.CloseTokenExpired)
 		return
@@ -274,7 +274,7 @@ func (c *conn) authFailed(rid uint64, err error) {
 func (c *conn) send(m protocol.Message) {
 	data, err := protocol.Marshal(m)
 	if err != nil {
-		c.log.Error("gateway: encoding a message failed", "type", m.Kind(), "err", err)
+		c.logger().Error("gateway: encoding a message failed", "type", m.Kind(), "err", err)
 		data = c.srv.errorMessage(0, protocol.CodeInternal, "the server could not encode a "+m.Kind()+" message")
 	}
 	c.enqueue(data)

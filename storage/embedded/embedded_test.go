@@ -3,9 +3,11 @@ package embedded
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"math"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -340,5 +342,47 @@ func TestRebuiltReceiptOfDelete(t *testing.T) {
 	r, err := s.Receipt(ctx, del.Device, 2)
 	if err != nil || !r.Deleted || r.Outcome != storage.Applied || r.Seq != 2 || r.Created.IsZero() {
 		t.Errorf("Receipt = %+v, %v; want Applied, Deleted, seq 2, Created from the entry", r, err)
+	}
+}
+
+// TestGroupCommitIsolatesFailures: commits that share a group transaction
+// must not fail or lose each other's writes when one member fails for real
+// (here a batch that would leave a gap), and every member gets its own answer.
+func TestGroupCommitIsolatesFailures(t *testing.T) {
+	s := openChecked(t, nil)
+	ctx := context.Background()
+	const rounds, writers = 20, 24
+	for r := 0; r < rounds; r++ {
+		errs := make([]error, writers)
+		var wg sync.WaitGroup
+		for w := 0; w < writers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				scope := fmt.Sprintf("space:r%dw%d", r, w)
+				seq := uint64(1)
+				if w%6 == 0 {
+					seq = 3 // a gap: refused with a plain error
+				}
+				_, errs[w] = s.Commit(ctx, &storage.Batch{Scope: scope, Entries: []storage.Entry{put(scope, seq, "d", 1, 0)}})
+			}()
+		}
+		wg.Wait()
+		for w := 0; w < writers; w++ {
+			scope := fmt.Sprintf("space:r%dw%d", r, w)
+			head, err := s.Head(ctx, scope)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w%6 == 0 {
+				if errs[w] == nil || head != 0 {
+					t.Fatalf("gap batch %s: err=%v head=%d", scope, errs[w], head)
+				}
+				continue
+			}
+			if errs[w] != nil || head != 1 {
+				t.Fatalf("good batch %s beside a failing one: err=%v head=%d", scope, errs[w], head)
+			}
+		}
 	}
 }
