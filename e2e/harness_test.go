@@ -77,11 +77,17 @@ func freeAddr(t *testing.T) string {
 // startNode runs syncgate serve on dataDir and waits until /readyz answers.
 func startNode(t *testing.T, dataDir string, extra ...string) *node {
 	t.Helper()
+	return startNodeEnv(t, dataDir, nil, extra...)
+}
+
+// startNodeEnv is startNode with extra SYNCGATE_* environment settings.
+func startNodeEnv(t *testing.T, dataDir string, env []string, extra ...string) *node {
+	t.Helper()
 	n := &node{t: t, dataDir: dataDir, addr: freeAddr(t), logs: &syncBuffer{}, exited: make(chan error, 1)}
 	args := append([]string{"serve", "--listen", n.addr, "--data-dir", dataDir, "--log-level", "debug"}, extra...)
 	n.cmd = exec.Command(binary, args...)
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
-	n.cmd.Env = append(os.Environ(), "SYNCGATE_TIMING_SHUTDOWN_TIMEOUT=5s")
+	n.cmd.Env = append(append(os.Environ(), "SYNCGATE_TIMING_SHUTDOWN_TIMEOUT=5s"), env...)
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

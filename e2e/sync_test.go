@@ -243,3 +243,49 @@ func TestRestartKeepsEverything(t *testing.T) {
 		t.Fatalf("counter after replay = %v, want 1", n)
 	}
 }
+
+// TestResetBehindHorizon: compaction purges a tombstone the offline phone
+// never saw; on reconnect the phone is told to reset, re-downloads the scope,
+// keeps its unsent edit, and ends with the server's state.
+func TestResetBehindHorizon(t *testing.T) {
+	n := startNodeEnv(t, t.TempDir(), []string{"SYNCGATE_HISTORY_RETENTION=1s", "SYNCGATE_HISTORY_COMPACT_EVERY=500ms"})
+	phone, laptop := connect(t, n, "phone"), connect(t, n, "laptop")
+	for k := 0; k < 5; k++ {
+		laptop.Put(scope, "todos", fmt.Sprintf("t%d", k), map[string]any{"v": 1.0})
+	}
+	flush(t, laptop)
+	waitCheckpoint(t, phone, 5)
+	phone.Disconnect()
+	phone.Put(scope, "todos", "mine", map[string]any{"offline": true}) // unsent across the reset
+
+	laptop.Delete(scope, "todos", "t1") // seq 6: the tombstone the phone will miss
+	laptop.Patch(scope, "todos", "t2", conflict.PatchOps{Set: map[string]any{"v": 2.0}})
+	flush(t, laptop)
+	time.Sleep(2500 * time.Millisecond) // past retention, and a compaction pass ran
+	laptop.Put(scope, "todos", "t9", map[string]any{"v": 9.0}) // a new head, so the tombstone is not the head
+	flush(t, laptop)
+	time.Sleep(1500 * time.Millisecond)
+
+	w, err := phone.Connect(ctxT(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !w.Scopes[0].Reset || w.Scopes[0].Horizon < 6 {
+		t.Fatalf("welcome scope = %+v, want reset with horizon >= 6", w.Scopes[0])
+	}
+	if _, ok := phone.Replica(scope)["todos/t1"]; ok {
+		t.Fatal("phone still holds t1, deleted while it was offline")
+	}
+	if _, ok := phone.Replica(scope)["todos/mine"]; !ok {
+		t.Fatal("the unsent offline edit was lost by the reset")
+	}
+	flush(t, phone)
+	auditor := connect(t, n, "auditor")
+	waitCheckpoint(t, phone, auditor.Checkpoint(scope))
+	if got, want := phone.Replica(scope), auditor.Replica(scope); !reflect.DeepEqual(got, want) {
+		t.Fatalf("after reset:\n got %v\nwant %v", got, want)
+	}
+	if got := auditor.Replica(scope)["todos/t2"]["v"]; got != 2.0 {
+		t.Fatalf("t2 = %v", got)
+	}
+}

@@ -66,7 +66,7 @@ func BenchmarkConnWrite(b *testing.B) {
 		b.Run(fmt.Sprintf("frames=%d", perFrame), func(b *testing.B) {
 			s := bareServer(b, Config{MaxMessagesPerFrame: perFrame, OutboundQueueBytes: 64 << 20})
 			sws, cws := wsPair(b)
-			c := newConn(s, sws, context.Background(), s.log)
+			c := newConn(context.Background(), s, sws, s.log)
 			go c.writeLoop()
 			got := make(chan int)
 			go func() {

@@ -70,7 +70,7 @@ type conn struct {
 	expTimer *time.Timer
 }
 
-func newConn(s *Server, ws *websocket.Conn, parent context.Context, log *slog.Logger) *conn {
+func newConn(parent context.Context, s *Server, ws *websocket.Conn, log *slog.Logger) *conn {
 	ctx, cancel := context.WithCancel(parent)
 	c := &conn{
 		srv: s, ws: ws, ctx: ctx, cancel: cancel,

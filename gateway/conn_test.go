@@ -37,7 +37,7 @@ func bareServer(tb testing.TB, cfg Config) *Server {
 
 // bareConn is a conn without a socket (hub and queue tests).
 func bareConn(s *Server) *conn {
-	return newConn(s, nil, context.Background(), s.log)
+	return newConn(context.Background(), s, nil, s.log)
 }
 
 // wsPair returns a server-side and a client-side WebSocket connected over
@@ -80,7 +80,7 @@ func TestWriteLoopCoalesces(t *testing.T) {
 	t.Parallel()
 	s := bareServer(t, Config{MaxMessagesPerFrame: 4, MaxMessageBytes: 100})
 	sws, cws := wsPair(t)
-	c := newConn(s, sws, context.Background(), s.log)
+	c := newConn(context.Background(), s, sws, s.log)
 
 	var sent [][]byte
 	add := func(m []byte) {

@@ -140,10 +140,12 @@ func (h *harness) httpURL() string { return "http://" + h.addr }
 
 type tokenOption func(*auth.MintOptions)
 
-func tokDevice(d string) tokenOption            { return func(o *auth.MintOptions) { o.Device = d } }
-func tokSpaces(s ...string) tokenOption         { return func(o *auth.MintOptions) { o.Spaces = s } }
-func tokTTL(d time.Duration) tokenOption        { return func(o *auth.MintOptions) { o.TTL = d } }
-func tokIssued(at time.Time) tokenOption        { return func(o *auth.MintOptions) { o.Now = func() time.Time { return at } } }
+func tokDevice(d string) tokenOption     { return func(o *auth.MintOptions) { o.Device = d } }
+func tokSpaces(s ...string) tokenOption  { return func(o *auth.MintOptions) { o.Spaces = s } }
+func tokTTL(d time.Duration) tokenOption { return func(o *auth.MintOptions) { o.TTL = d } }
+func tokIssued(at time.Time) tokenOption {
+	return func(o *auth.MintOptions) { o.Now = func() time.Time { return at } }
+}
 
 // token mints a token for user signed with the harness secret.
 func token(t testing.TB, user string, opts ...tokenOption) string {
@@ -492,9 +494,9 @@ func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 }
 
 // serveLocal runs one request through the server's handler, without a
-// listener, and returns the status.
-func serveLocal(s *Server, method, path string) int {
+// listener.
+func serveLocal(s *Server, method, path string) *httptest.ResponseRecorder {
 	rec := httptest.NewRecorder()
-	s.Handler().ServeHTTP(rec, httptest.NewRequest(method, path, nil))
-	return rec.Code
+	s.Handler().ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader("{}")))
+	return rec
 }

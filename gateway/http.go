@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -249,7 +248,7 @@ func writeJSONError(w http.ResponseWriter, status int, code protocol.Code, msg s
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	w.WriteHeader(status)
-	_, _ = io.Copy(w, bytes.NewReader(data))
+	_, _ = w.Write(data)
 }
 
 // jsonErrReason words a JSON error without echoing the body.
@@ -260,7 +259,11 @@ func jsonErrReason(err error) string {
 	case errors.As(err, &se):
 		return "syntax error at byte " + strconv.FormatInt(se.Offset, 10)
 	case errors.As(err, &te):
-		return "field " + te.Field + " must be " + te.Type.String()
+		field := te.Field
+		if len(field) > 64 {
+			field = field[:64] + "…"
+		}
+		return "field " + field + " must be " + te.Type.String()
 	}
 	return "not a JSON object"
 }

@@ -78,7 +78,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-func (m *metrics) closed(code int) { m.closes.WithLabelValues(strconv.Itoa(code)).Inc() }
+// closed counts a connection's end. Peers choose their close codes, so
+// codes outside the RFC's common ones and ours are counted as "other": the
+// label set stays bounded.
+func (m *metrics) closed(code int) {
+	label := "other"
+	switch {
+	case code >= 1000 && code <= 1015, code >= 4000 && code <= 4011:
+		label = strconv.Itoa(code)
+	}
+	m.closes.WithLabelValues(label).Inc()
+}
 
 // typeInvalid labels messages that were malformed or of an unknown type:
 // label values stay a closed set, never a client-chosen string.

@@ -185,6 +185,9 @@ func (s *Server) routes() http.Handler {
 		gin.SetMode(gin.ReleaseMode)
 	}
 	r := gin.New()
+	// No proxy is trusted: ClientIP (logged) is the socket's peer, not a
+	// client-supplied X-Forwarded-For. The cmd may configure proxies.
+	_ = r.SetTrustedProxies(nil)
 	r.Use(gin.CustomRecoveryWithWriter(io.Discard, func(c *gin.Context, err any) {
 		s.log.Error("gateway: panic in HTTP handler", "path", c.Request.URL.Path, "panic", err, "stack", stack())
 		c.AbortWithStatusJSON(http.StatusInternalServerError, errorBody(protocol.CodeInternal, "internal error"))
@@ -232,7 +235,7 @@ func (s *Server) handleWS(c *gin.Context) {
 		s.log.Debug("gateway: websocket upgrade failed", "err", err)
 		return // the upgrader has answered
 	}
-	cn := newConn(s, ws, c.Request.Context(), s.log.With("remote", c.Request.RemoteAddr))
+	cn := newConn(c.Request.Context(), s, ws, s.log.With("remote", c.Request.RemoteAddr))
 	if !s.register(cn) {
 		// Shutdown began between the check above and the upgrade.
 		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(protocol.CloseShutdown, string(protocol.CodeShutdown)),

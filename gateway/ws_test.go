@@ -51,6 +51,19 @@ func TestHelloWelcome(t *testing.T) {
 			h.srv.hub.subscribers("user:bob") == 0
 	})
 
+	// A checkpoint ahead of the head: the scope is granted with reset, and
+	// a reset message follows the welcome.
+	c3 := h.dial(t)
+	w3 := c3.hello(token(t, "alice"), "tablet", protocol.Subscription{Scope: "user:alice", Since: 7})
+	if len(w3.Scopes) != 1 || !w3.Scopes[0].Reset {
+		t.Fatalf("scopes = %+v", w3.Scopes)
+	}
+	var r protocol.Reset
+	c3.expect(protocol.TypeReset, &r)
+	if r.Scope != "user:alice" || r.Head != 0 || !strings.Contains(r.Reason, "ahead") {
+		t.Fatalf("reset = %+v", r)
+	}
+
 	// A client-chosen session id is echoed.
 	c2 := h.dial(t)
 	c2.send(&protocol.Hello{Protocol: 1, Token: token(t, "alice"), Device: "laptop", Session: "resume-me_1"})
@@ -550,10 +563,22 @@ func TestShutdownClosesEveryConnection(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatal("Serve did not return")
 	}
-	// Draining: readyz is 503, upgrades are refused.
-	for path, want := range map[string]int{"/readyz": 503, "/healthz": 200, "/v1/ws": 503} {
-		if got := serveLocal(h.srv, "GET", path); got != want {
-			t.Errorf("%s = %d, want %d", path, got, want)
+	// Draining: readyz is 503, upgrades and fallback requests are refused.
+	for _, tc := range []struct {
+		method, path string
+		want         int
+	}{
+		{"GET", "/readyz", 503}, {"GET", "/healthz", 200}, {"GET", "/v1/ws", 503},
+		{"POST", "/v1/sync/push", 503}, {"POST", "/v1/sync/pull", 503},
+	} {
+		rec := serveLocal(h.srv, tc.method, tc.path)
+		if rec.Code != tc.want {
+			t.Errorf("%s %s = %d, want %d", tc.method, tc.path, rec.Code, tc.want)
+		}
+		if tc.want == 503 && tc.path != "/readyz" {
+			if rec.Header().Get("Retry-After") == "" || !strings.Contains(rec.Body.String(), `"code":"shutdown"`) {
+				t.Errorf("%s %s: %v %s", tc.method, tc.path, rec.Header(), rec.Body)
+			}
 		}
 	}
 }
