@@ -22,11 +22,14 @@ test-go:
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 # Each decoder gets a short coverage-guided run on top of its seed corpus
-# (the seeds alone already run in test-go).
-FUZZTIME ?= 10s
+# (the seeds alone already run in test-go). Budgets are execution counts,
+# not durations: a time budget can end while a worker is mid-input, which go
+# test reports as a spurious "context deadline exceeded" failure.
+FUZZ_DECODE ?= 500000x
+FUZZ_VERIFY ?= 100000x
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./sync/protocol/
-	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./gateway/auth/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_DECODE) ./sync/protocol/
+	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZ_VERIFY) ./gateway/auth/
 
 ## bench: Go benchmarks and the end-to-end load generator, one run on this machine.
 bench: build

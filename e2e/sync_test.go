@@ -261,7 +261,7 @@ func TestResetBehindHorizon(t *testing.T) {
 	laptop.Delete(scope, "todos", "t1") // seq 6: the tombstone the phone will miss
 	laptop.Patch(scope, "todos", "t2", conflict.PatchOps{Set: map[string]any{"v": 2.0}})
 	flush(t, laptop)
-	time.Sleep(2500 * time.Millisecond) // past retention, and a compaction pass ran
+	time.Sleep(2500 * time.Millisecond)                        // past retention, and a compaction pass ran
 	laptop.Put(scope, "todos", "t9", map[string]any{"v": 9.0}) // a new head, so the tombstone is not the head
 	flush(t, laptop)
 	time.Sleep(1500 * time.Millisecond)

@@ -21,8 +21,10 @@ import (
 // TCP socket with unread input sends RST, and a client can lose the frame.
 const closeGrace = 2 * time.Second
 
-// frameSep separates coalesced messages in one frame.
-var frameSep = []byte{'\n'}
+// frameSep separates coalesced messages in one frame. A string constant
+// (written with io.WriteString, which gorilla's writer implements without
+// copying) keeps the package free of mutable state.
+const frameSep = "\n"
 
 // conn is one WebSocket connection: a read loop (the HTTP handler's
 // goroutine) that processes client messages one at a time, in order, and a
@@ -94,6 +96,11 @@ func (c *conn) serve() {
 		if r := recover(); r != nil {
 			c.logger().Error("gateway: panic in connection read loop", "panic", r, "stack", stack())
 			c.closeWith(protocol.CloseInternal, "internal error", nil, true)
+			// teardown closes the socket at once; send the close frame
+			// here (control frames may be written concurrently).
+			_ = c.ws.WriteControl(websocket.CloseMessage,
+				websocket.FormatCloseMessage(protocol.CloseInternal, "internal error"),
+				time.Now().Add(c.srv.cfg.WriteTimeout))
 		}
 	}()
 	go c.writeLoop()
@@ -304,7 +311,7 @@ func (c *conn) writeFrame(batch [][]byte) error {
 	n := 0
 	for i, m := range batch {
 		if i > 0 {
-			if _, err := w.Write(frameSep); err != nil {
+			if _, err := io.WriteString(w, frameSep); err != nil {
 				return err
 			}
 			n++
@@ -417,7 +424,7 @@ func (c *conn) readFailed(err error) {
 		c.drain()
 	case isTimeout(err) && c.sess == nil:
 		c.closeWith(protocol.CloseHelloTimeout, "hello timeout",
-			c.srv.errorMessage(0, protocol.CodeBadRequest, "no hello within "+c.srv.cfg.HelloTimeout.String()), false)
+			c.srv.errorMessage(0, protocol.CodeHelloTimeout, "no hello within "+c.srv.cfg.HelloTimeout.String()), false)
 		c.drain()
 	case isTimeout(err):
 		// Best effort: a silent client may be gone, and the close frame

@@ -23,6 +23,11 @@
 // queue, coalescing up to MaxMessagesPerFrame messages into one text frame
 // of newline-delimited JSON: clients split frames on '\n'.
 //
+// A hello's scopes are subscribed right after its welcome (and resets) are
+// queued, so no live `changes` overtakes the welcome; a commit that lands
+// between Open reading the heads and the subscription is not delivered
+// live, and the device catches it by pulling from its checkpoint.
+//
 // The connection that pushed is subscribed like any other and receives the
 // `changes` for its own mutations, before its `ack`: it uses them to
 // advance its checkpoint. Live fan-out is a hint: each `changes` carries

@@ -179,7 +179,7 @@ func (s *Server) httpPrincipal(c *gin.Context, claims auth.Claims, device string
 		s.httpError(c, protocol.Errorf(protocol.CodeUnauthorized, "the token is bound to another device"))
 		return engine.Principal{}, false
 	}
-	if perr := validateDevice(device); perr != nil {
+	if perr := protocol.ValidateDevice(device); perr != nil {
 		s.httpError(c, perr)
 		return engine.Principal{}, false
 	}

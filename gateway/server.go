@@ -172,10 +172,6 @@ func New(cfg Config, o Options) (*Server, error) {
 	return s, nil
 }
 
-// Handler returns the HTTP handler (routes) for embedding in another
-// server. Connections served through it are still drained by Shutdown.
-func (s *Server) Handler() http.Handler { return s.handler }
-
 // routes builds the gin engine: release mode, panic recovery, one debug
 // log line per request, no gin logger.
 func (s *Server) routes() http.Handler {

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"slices"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 
@@ -21,8 +20,6 @@ const (
 	// maxSessionScopes caps the scopes one hello may ask for: Open reads
 	// two values per scope, so the cap bounds the work one message causes.
 	maxSessionScopes = 1024
-	// maxDeviceBytes caps a device id.
-	maxDeviceBytes = 128
 	// maxSessionIDBytes caps a client-supplied session id.
 	maxSessionIDBytes = 128
 )
@@ -89,7 +86,7 @@ func (c *conn) onHello(h *protocol.Hello) {
 			protocol.CloseProtocolError)
 		return
 	}
-	if perr := validateDevice(h.Device); perr != nil {
+	if perr := protocol.ValidateDevice(h.Device); perr != nil {
 		c.fatal(h.Rid, perr, protocol.CloseProtocolError)
 		return
 	}
@@ -304,25 +301,6 @@ func asProtocolError(err error) *protocol.Error {
 		return protocol.Errorf(protocol.CodeUnavailable, "request interrupted; retry")
 	}
 	return protocol.Errorf(protocol.CodeInternal, "internal error")
-}
-
-func validateDevice(d string) *protocol.Error {
-	if d == "" {
-		return protocol.Errorf(protocol.CodeBadRequest, "device is required")
-	}
-	if len(d) > maxDeviceBytes || !utf8.ValidString(d) || hasControl(d) {
-		return protocol.Errorf(protocol.CodeBadRequest, "device must be 1-%d bytes of printable UTF-8", maxDeviceBytes)
-	}
-	return nil
-}
-
-func hasControl(s string) bool {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return true
-		}
-	}
-	return false
 }
 
 func dedupeSubscriptions(subs []protocol.Subscription) []protocol.Subscription {

@@ -250,7 +250,7 @@ func TestHelloTimeout(t *testing.T) {
 	h := newHarness(t, withConfig(func(c *Config) { c.HelloTimeout = 200 * time.Millisecond }))
 	c := h.dial(t)
 	start := time.Now()
-	c.expectError(protocol.CodeBadRequest)
+	c.expectError(protocol.CodeHelloTimeout)
 	c.expectClose(protocol.CloseHelloTimeout)
 	if d := time.Since(start); d < 150*time.Millisecond || d > 3*time.Second {
 		t.Fatalf("closed after %s, want about 200ms", d)
@@ -655,4 +655,27 @@ func TestCoalescingUnderLoad(t *testing.T) {
 	if c.maxBatch < 2 {
 		t.Fatalf("no frame carried more than one message (%d messages, %d frames)", c.messages, c.frames)
 	}
+}
+
+// TestServeContextCancelClosesAtOnce: ending Serve's context is the hard
+// stop: sockets close without a handshake and Serve returns ctx.Err().
+func TestServeContextCancelClosesAtOnce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	c, _ := h.open(t, "alice", "phone", "user:alice")
+	h.cancel()
+	select {
+	case err := <-h.done:
+		if err == nil {
+			t.Fatal("Serve returned nil after its context ended")
+		}
+		h.done <- nil // for the cleanup
+	case <-time.After(waitTimeout):
+		t.Fatal("Serve did not return")
+	}
+	// gorilla reports a socket that ends without a close frame as 1006.
+	if _, _, err := c.next(waitTimeout); err == nil || (c.closeErr != nil && c.closeErr.Code != websocket.CloseAbnormalClosure) {
+		t.Fatalf("want an abrupt end, got %v", err)
+	}
+	eventually(t, waitTimeout, "connections gone", func() bool { return counter(t, h.srv.metrics.connections) == 0 })
 }

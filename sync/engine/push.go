@@ -345,7 +345,7 @@ func (e *Engine) decide(dev storage.DeviceRef, scope string, m *protocol.Mutatio
 	entry := &storage.Entry{
 		Scope: scope, Seq: seq, Collection: m.Collection, DocID: m.DocID,
 		Version: curVersion + 1, Op: storage.Op(m.Op), State: next.Fields, Clocks: next.Clocks,
-		Deleted: next.Deleted, Device: deviceRefOf(next.LastDevice), MutationID: m.ID,
+		Deleted: next.Deleted, Device: dev, MutationID: m.ID,
 		HLC: entryHLC(next, m), Committed: now,
 	}
 	if entry.Deleted {
@@ -402,15 +402,6 @@ func docFromEntry(en storage.Entry) *conflict.Doc {
 		d.DeletedAt = en.HLC
 	}
 	return d
-}
-
-func deviceRefOf(s string) storage.DeviceRef {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '/' {
-			return storage.DeviceRef{User: s[:i], Device: s[i+1:]}
-		}
-	}
-	return storage.DeviceRef{Device: s}
 }
 
 // announce tells the notifier about committed entries (called under the

@@ -27,6 +27,7 @@ const (
 	CodeUnauthorized Code = "unauthorized"     // token missing, malformed, bad signature, wrong iss/aud, not yet valid
 	CodeTokenExpired Code = "token_expired"    // the token expired and no auth refresh arrived
 	CodeProtocol     Code = "protocol_version" // unsupported protocol version
+	CodeHelloTimeout Code = "hello_timeout"    // no hello within HelloTimeout
 	CodeSlowConsumer Code = "slow_consumer"    // the outbound queue overflowed
 	CodeShutdown     Code = "shutdown"         // the node is draining
 )

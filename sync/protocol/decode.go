@@ -11,8 +11,8 @@ import (
 )
 
 // Decode parses one client message. Errors are *Error with CodeMalformed or
-// CodeUnknownType; the returned envelope carries the rid when it could be read,
-// so the error can be correlated.
+// CodeUnknownType. The message is nil on error; a caller that wants to echo
+// the rid reads the Envelope itself.
 func Decode(data []byte) (Message, *Error) {
 	var env Envelope
 	if err := json.Unmarshal(data, &env); err != nil {
@@ -41,56 +41,64 @@ func Decode(data []byte) (Message, *Error) {
 		return nil, Errorf(CodeMalformed, "invalid %s message: %s", env.Type, jsonReason(err))
 	}
 	if p, ok := m.(*Push); ok {
-		normalizeNumbers(p)
+		if !normalizeNumbers(p) {
+			return nil, Errorf(CodeMalformed, "invalid push message: a number is out of range")
+		}
 	}
 	return m, nil
 }
 
 // normalizeNumbers turns json.Number values in document data into float64
 // (the JSON number model every client shares), after UseNumber let the
-// decoder keep uint64 mutation ids exact.
-func normalizeNumbers(p *Push) {
+// decoder keep uint64 mutation ids exact. It reports false when a number
+// does not fit a float64 (such as 1e400): rejecting it beats silently
+// changing its type or value.
+func normalizeNumbers(p *Push) bool {
+	ok := true
 	for i := range p.Mutations {
 		mu := &p.Mutations[i]
-		mu.Data = numbersToFloat(mu.Data)
-		mu.Set = numbersToFloat(mu.Set)
-		for k, v := range mu.Add {
-			mu.Add[k] = numbersInSlice(v)
+		ok = numbersInMap(mu.Data) && numbersInMap(mu.Set) && ok
+		for _, v := range mu.Add {
+			ok = numbersInSlice(v) && ok
 		}
-		for k, v := range mu.Remove {
-			mu.Remove[k] = numbersInSlice(v)
+		for _, v := range mu.Remove {
+			ok = numbersInSlice(v) && ok
 		}
 	}
+	return ok
 }
 
-func numbersToFloat(m map[string]any) map[string]any {
+func numbersInMap(m map[string]any) bool {
+	ok := true
 	for k, v := range m {
-		m[k] = numberValue(v)
+		var vok bool
+		m[k], vok = numberValue(v)
+		ok = ok && vok
 	}
-	return m
+	return ok
 }
 
-func numbersInSlice(s []any) []any {
+func numbersInSlice(s []any) bool {
+	ok := true
 	for i, v := range s {
-		s[i] = numberValue(v)
+		var vok bool
+		s[i], vok = numberValue(v)
+		ok = ok && vok
 	}
-	return s
+	return ok
 }
 
-func numberValue(v any) any {
+func numberValue(v any) (any, bool) {
 	switch x := v.(type) {
 	case json.Number:
 		f, err := x.Float64()
-		if err != nil {
-			return x.String() // out of float range: keep the digits rather than lose them
-		}
-		return f
+		return f, err == nil
 	case map[string]any:
-		return numbersToFloat(x)
+		return x, numbersInMap(x)
 	case []any:
-		return numbersInSlice(x)
+		return x, numbersInSlice(x)
 	}
-	return v
+	return v, true
 }
 
 func jsonReason(err error) string {
@@ -284,6 +292,21 @@ func validateFieldName(k string, top bool) *Error {
 		return Errorf(CodeInvalidField, "field name %q is not printable UTF-8", truncate(k, 64))
 	case top && reservedFields[k]:
 		return Errorf(CodeInvalidField, "field name %q is reserved", k)
+	}
+	return nil
+}
+
+// MaxDeviceBytes caps a device id.
+const MaxDeviceBytes = 128
+
+// ValidateDevice checks a device id: 1-128 bytes of printable UTF-8 without
+// '/', so that "user/device" names one device unambiguously.
+func ValidateDevice(d string) *Error {
+	if d == "" {
+		return Errorf(CodeBadRequest, "device is required")
+	}
+	if len(d) > MaxDeviceBytes || !utf8.ValidString(d) || hasControl(d) || strings.ContainsRune(d, '/') {
+		return Errorf(CodeBadRequest, "device must be 1-%d bytes of printable UTF-8 without '/'", MaxDeviceBytes)
 	}
 	return nil
 }

@@ -26,6 +26,8 @@ func TestDecode(t *testing.T) {
 		{"wrong field type", `{"type":"pull","scope":5}`, "", CodeMalformed},
 		{"negative since", `{"type":"pull","scope":"user:a","since":-1}`, "", CodeMalformed},
 		{"mid too big", `{"type":"push","mutations":[{"mid":1e30}]}`, "", CodeMalformed},
+		{"number out of float range", `{"type":"push","mutations":[{"mid":1,"data":{"n":1e400}}]}`, "", CodeMalformed},
+		{"nested number out of range", `{"type":"push","mutations":[{"mid":1,"add":{"s":[{"n":-1e999}]}}]}`, "", CodeMalformed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
