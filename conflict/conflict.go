@@ -34,6 +34,13 @@ type Op struct {
 	Base   uint64         // the document version the device last saw (0: none)
 	HLC    hlc.Timestamp  // when the device made the change
 	Device string         // the device that made it (user-qualified)
+	// Force marks a mutation that resolves a manual conflict: a person
+	// looked at both versions and chose (or merged) this state. The engine
+	// sets it; devices cannot. Every built-in mode applies a forced op as
+	// client-wins does (see ModeClientWins): as sent, whatever the clocks,
+	// the field rules' merging and the delete policy say. Custom resolvers
+	// should honour it the same way.
+	Force bool
 }
 
 // Doc is the current state of a document with its sync metadata.
@@ -45,6 +52,11 @@ type Doc struct {
 	Version    uint64
 	LastDevice string // device of the last change (user-qualified)
 }
+
+// Clone returns a deep copy of d that shares no map or slice with it, as a
+// resolver must return when it keeps the current state (e.g. a discarded
+// op: Result{Outcome: Merged, Doc: cur.Clone()}).
+func (d *Doc) Clone() Doc { return cloneDoc(d) }
 
 // Outcome of resolving one op.
 type Outcome string

@@ -2,9 +2,8 @@ package conflict
 
 import (
 	"fmt"
-	"maps"
 	"math"
-	"slices"
+	"strings"
 
 	"github.com/syncgate/syncgate/sync/hlc"
 )
@@ -68,7 +67,12 @@ func Concurrent(cur *Doc, op Op) bool {
 
 // LWW is the default resolver: last writer wins per top-level field, ordered
 // by HLC. The zero value uses DeleteWins. An LWW value is immutable and safe
-// for concurrent use.
+// for concurrent use. LWW{Delete: d} is the same resolver as
+// Policy{Mode: ModeLWW, Deletes: d} (no field rules); it stays a small
+// comparable value because configs and tests compare it.
+//
+// The lww field rule described here is also what a Policy applies to every
+// field without a rule of its own.
 //
 // Field rule. Every field has a clock: its effective clock is the later of
 // Clocks[f] and Clocks[DocClock] (zero when missing). A write of field f
@@ -116,6 +120,9 @@ func Concurrent(cur *Doc, op Op) bool {
 //     resurrects it from empty fields and clocks: a tombstone keeps no
 //     fields, so a resurrecting patch yields only the fields it writes.
 //
+// Op.Force applies the op as sent instead (see ModeClientWins): set and
+// unset take effect whatever the clocks, and clocks only move forward.
+//
 // Outcome: Applied when the op is not concurrent and every field write took
 // effect (inc, add and remove always do); Merged otherwise; Rejected for
 // bad ops. For Applied and Merged, Result.Doc is the complete next state
@@ -135,193 +142,13 @@ type LWW struct {
 
 // Resolve implements Resolver.
 func (r LWW) Resolve(cur *Doc, op Op) (Result, error) {
-	policy, err := parseDeletePolicy(r.Delete)
-	if err != nil {
-		return Result{}, Errorf("lww: %v", err)
-	}
-	if reason := checkOp(op); reason != "" {
-		return reject(reason), nil
-	}
-	concurrent := Concurrent(cur, op)
-	if op.Kind == Delete {
-		return deleteDoc(cur, op, policy, concurrent), nil
-	}
-	var st *lwwState
-	switch {
-	case cur == nil:
-		st = newLWWState(nil)
-	case !cur.Deleted:
-		st = newLWWState(cur)
-	case concurrent && policy == DeleteWins:
-		return Result{Outcome: Merged, Doc: cloneDoc(cur)}, nil
-	default:
-		// Recreate (the device saw the delete) or resurrect (UpdateWins):
-		// the tombstone holds no fields, and its old clocks must not make
-		// the new writes lose.
-		st = newLWWState(nil)
-	}
-	all, reason := st.apply(op)
-	if reason != "" {
-		return reject(reason), nil
-	}
-	outcome := Applied
-	if concurrent || !all {
-		outcome = Merged
-	}
-	return Result{Outcome: outcome, Doc: Doc{
-		Fields: st.fields, Clocks: st.clocks, Version: versionOf(cur), LastDevice: op.Device,
-	}}, nil
+	return Policy{Deletes: r.Delete}.Resolve(cur, op)
 }
 
-func deleteDoc(cur *Doc, op Op, policy DeletePolicy, concurrent bool) Result {
-	if concurrent && policy == UpdateWins && !cur.Deleted {
-		return Result{Outcome: Merged, Doc: cloneDoc(cur)}
-	}
-	at := op.HLC
-	if cur != nil && cur.Deleted && cur.DeletedAt.After(at) {
-		at = cur.DeletedAt // deleting twice keeps the tombstone's time monotonic
-	}
-	outcome := Applied
-	if concurrent {
-		outcome = Merged
-	}
-	return Result{Outcome: outcome, Doc: Doc{
-		Deleted: true, DeletedAt: at, Version: versionOf(cur), LastDevice: op.Device,
-	}}
-}
-
-// checkOp returns why op is malformed, or "". It repeats the engine's
-// validation where a malformed op would corrupt the resolver's state.
-func checkOp(op Op) string {
-	if op.HLC.IsZero() {
-		return "op has no hlc timestamp"
-	}
-	switch op.Kind {
-	case Delete:
-		return ""
-	case Put:
-		if _, ok := op.Put[DocClock]; ok {
-			return fmt.Sprintf("field name %q is reserved", DocClock)
-		}
-		return ""
-	case Patch:
-		return checkPatch(&op.Patch)
-	}
-	return fmt.Sprintf("unknown op kind %q", op.Kind)
-}
-
-func checkPatch(p *PatchOps) string {
-	seen := make(map[string]string, len(p.Set)+len(p.Unset)+len(p.Inc)+len(p.Add)+len(p.Remove))
-	claim := func(f, kind string) string {
-		if f == DocClock {
-			return fmt.Sprintf("field name %q is reserved", DocClock)
-		}
-		prev, ok := seen[f]
-		if ok && prev != kind && !(prev == "add" && kind == "remove") {
-			return fmt.Sprintf("field %q appears in both %s and %s", f, prev, kind)
-		}
-		seen[f] = kind
-		return ""
-	}
-	// Sorted so that the same bad op gets the same reason every time.
-	for _, f := range slices.Sorted(maps.Keys(p.Set)) {
-		if r := claim(f, "set"); r != "" {
-			return r
-		}
-	}
-	for _, f := range p.Unset {
-		if r := claim(f, "unset"); r != "" {
-			return r
-		}
-	}
-	for _, f := range slices.Sorted(maps.Keys(p.Inc)) {
-		if r := claim(f, "inc"); r != "" {
-			return r
-		}
-		if d := p.Inc[f]; math.IsNaN(d) || math.IsInf(d, 0) {
-			return fmt.Sprintf("inc of field %q is not a finite number", f)
-		}
-	}
-	for _, f := range slices.Sorted(maps.Keys(p.Add)) {
-		if r := claim(f, "add"); r != "" {
-			return r
-		}
-	}
-	for _, f := range slices.Sorted(maps.Keys(p.Remove)) {
-		if r := claim(f, "remove"); r != "" {
-			return r
-		}
-	}
-	return ""
-}
-
-func reject(reason string) Result {
-	return Result{Outcome: Rejected, Code: CodeBadOp, Reason: reason}
-}
-
-func versionOf(cur *Doc) uint64 {
-	if cur == nil {
-		return 0
-	}
-	return cur.Version
-}
-
-// lwwState is the working copy of a live document's fields and clocks. It
-// owns its maps and values (deep-copied from cur), so it can edit in place
-// and hand them over as the result.
-type lwwState struct {
-	fields map[string]any
-	clocks map[string]hlc.Timestamp
-}
-
-func newLWWState(cur *Doc) *lwwState {
-	if cur == nil {
-		return &lwwState{fields: map[string]any{}, clocks: map[string]hlc.Timestamp{}}
-	}
-	return &lwwState{fields: copyFields(cur.Fields), clocks: copyClocks(cur.Clocks)}
-}
-
-// apply runs a put or patch. all reports whether every field write took
-// effect; a non-empty reason means the op is rejected (the state is then
-// garbage and must be dropped).
-func (s *lwwState) apply(op Op) (all bool, reason string) {
-	t := op.HLC
-	if op.Kind == Put {
-		return s.put(op.Put, t), ""
-	}
-	p := &op.Patch
-	all = true
-	for f, v := range p.Set {
-		all = s.write(f, v, true, t) && all
-	}
-	for _, f := range p.Unset {
-		all = s.write(f, nil, false, t) && all
-	}
-	// inc, add and remove can fail; sorted so the reason is deterministic.
-	for _, f := range slices.Sorted(maps.Keys(p.Inc)) {
-		if reason = s.inc(f, p.Inc[f], t); reason != "" {
-			return false, reason
-		}
-	}
-	if len(p.Add)+len(p.Remove) > 0 {
-		fields := slices.Sorted(maps.Keys(p.Add))
-		for f := range p.Remove {
-			if _, ok := p.Add[f]; !ok {
-				fields = append(fields, f)
-			}
-		}
-		slices.Sort(fields)
-		for _, f := range fields {
-			if reason = s.addRemove(f, p.Add[f], p.Remove[f], t); reason != "" {
-				return false, reason
-			}
-		}
-	}
-	return all, ""
-}
+// The lww field rule, as methods of the working state (see state.go).
 
 // effective is the clock a write to f must beat.
-func (s *lwwState) effective(f string) hlc.Timestamp {
+func (s *state) effective(f string) hlc.Timestamp {
 	c, floor := s.clocks[f], s.clocks[DocClock]
 	if floor.After(c) {
 		return floor
@@ -330,52 +157,57 @@ func (s *lwwState) effective(f string) hlc.Timestamp {
 }
 
 // write sets (present) or unsets field f at t by the field rule and reports
-// whether it took effect.
-func (s *lwwState) write(f string, v any, present bool, t hlc.Timestamp) bool {
+// whether it took effect. Under force it always takes effect and the clock
+// only moves forward.
+func (s *state) write(f string, v any, present bool, t hlc.Timestamp) bool {
+	if s.force {
+		s.store(f, v, present)
+		s.bump(f, t)
+		return true
+	}
 	if !t.After(s.effective(f)) {
 		return false
 	}
+	s.store(f, v, present)
+	s.clocks[f] = t
+	return true
+}
+
+func (s *state) store(f string, v any, present bool) {
 	if present {
 		s.fields[f] = deepCopy(v)
 	} else {
 		delete(s.fields, f)
 	}
-	s.clocks[f] = t
-	return true
 }
 
-// bump advances f's clock to t for the commutative ops (inc, add, remove).
-func (s *lwwState) bump(f string, t hlc.Timestamp) {
+// bump advances f's clock to t (for the commutative ops and forced writes).
+func (s *state) bump(f string, t hlc.Timestamp) {
 	if t.After(s.clocks[f]) {
 		s.clocks[f] = t
 	}
 }
 
-func (s *lwwState) put(m map[string]any, t hlc.Timestamp) bool {
-	all := true
-	for f := range s.fields { // deleting the current key while ranging is safe
-		if _, keep := m[f]; !keep {
-			all = s.write(f, nil, false, t) && all
+// raiseDocClock records a put at t. Clocks of absent lww fields at or
+// before the put say nothing the put's clock does not; dropping them keeps
+// Clocks from growing with every field name ever unset. Other rules keep
+// their own clocks (union fields canonicalize theirs in flushUnions).
+func (s *state) raiseDocClock(t hlc.Timestamp) {
+	if !t.After(s.clocks[DocClock]) {
+		return
+	}
+	s.clocks[DocClock] = t
+	for f, c := range s.clocks {
+		if f == DocClock || c.After(t) || strings.IndexByte(f, '.') >= 0 || s.rule(f) != RuleLWW {
+			continue
+		}
+		if _, present := s.fields[f]; !present {
+			delete(s.clocks, f)
 		}
 	}
-	for f, v := range m {
-		all = s.write(f, v, true, t) && all
-	}
-	if floor := s.clocks[DocClock]; t.After(floor) {
-		s.clocks[DocClock] = t
-		// Clocks of absent fields at or before the put say nothing the put's
-		// clock does not; dropping them keeps Clocks from growing with every
-		// field name ever unset.
-		for f, c := range s.clocks {
-			if _, present := s.fields[f]; f != DocClock && !present && !c.After(t) {
-				delete(s.clocks, f)
-			}
-		}
-	}
-	return all
 }
 
-func (s *lwwState) inc(f string, delta float64, t hlc.Timestamp) string {
+func (s *state) lwwInc(f string, delta float64, t hlc.Timestamp) string {
 	var next any = delta
 	if v, ok := s.fields[f]; ok {
 		if next, ok = addNumber(v, delta); !ok {
@@ -390,7 +222,7 @@ func (s *lwwState) inc(f string, delta float64, t hlc.Timestamp) string {
 	return ""
 }
 
-func (s *lwwState) addRemove(f string, add, remove []any, t hlc.Timestamp) string {
+func (s *state) lwwAddRemove(f string, add, remove []any, t hlc.Timestamp) string {
 	var elems []any
 	if v, ok := s.fields[f]; ok {
 		if elems, ok = asArray(v); !ok {

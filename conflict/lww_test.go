@@ -499,6 +499,8 @@ func TestLWWRejectsMalformedOps(t *testing.T) {
 		{name: "put names the doc clock", op: putOp(at(30), 0, other, obj{DocClock: 1.0}), outcome: Rejected},
 		{name: "set names the doc clock", cur: live(), op: patchOp(at(30), 3, other, PatchOps{Set: obj{DocClock: 1.0}}), outcome: Rejected},
 		{name: "unset names the doc clock", cur: live(), op: patchOp(at(30), 3, other, PatchOps{Unset: []string{DocClock}}), outcome: Rejected},
+		{name: "put names a dotted field", op: putOp(at(30), 0, other, obj{"s.+x": 1.0}), outcome: Rejected},
+		{name: "add names a dotted field", cur: live(), op: patchOp(at(30), 3, other, PatchOps{Add: map[string][]any{"s.=": {1.0}}}), outcome: Rejected},
 		{name: "set and inc of one field", cur: live(), op: patchOp(at(30), 3, other,
 			PatchOps{Set: obj{"n": 1.0}, Inc: map[string]float64{"n": 1}}), outcome: Rejected},
 		{name: "set and unset of one field", cur: live(), op: patchOp(at(30), 3, other,

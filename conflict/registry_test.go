@@ -159,7 +159,7 @@ func TestCatalog(t *testing.T) {
 	if got, err := c.Lookup("mine", Options{Delete: UpdateWins}); err != nil || got != named("mine") || gotOpts.Delete != UpdateWins {
 		t.Errorf("Lookup(mine) = %v, %v; factory saw %+v", got, err, gotOpts)
 	}
-	if got := c.Names(); !reflect.DeepEqual(got, []string{"lww", "mine"}) {
+	if got := c.Names(); !reflect.DeepEqual(got, []string{"client-wins", "lww", "manual", "mine", "server-wins"}) {
 		t.Errorf("Names = %v", got)
 	}
 	// A registration is local to its catalog.
@@ -170,7 +170,7 @@ func TestCatalog(t *testing.T) {
 		t.Errorf("another catalog sees a registration: %v", err)
 	}
 	_, err := c.Lookup("nope", Options{})
-	if !errors.Is(err, ErrUnknownResolver) || !strings.Contains(err.Error(), "lww, mine") {
+	if !errors.Is(err, ErrUnknownResolver) || !strings.Contains(err.Error(), "client-wins, lww, manual, mine, server-wins") {
 		t.Errorf("unknown in catalog: %v", err)
 	}
 
@@ -223,7 +223,7 @@ func TestCatalogConcurrentUse(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if n := len(c.Names()); n != 1+4*4 {
-		t.Errorf("%d names, want 17", n)
+	if n := len(c.Names()); n != len(builtins)+4*4 {
+		t.Errorf("%d names, want %d", n, len(builtins)+4*4)
 	}
 }

@@ -62,10 +62,12 @@ type conn struct {
 	closeCode      int        // close code to send (or that the peer sent)
 	closeText      string
 	closeFrameSent bool // the close frame is already on the wire (peer close, read limit)
-
-	// expiryGen invalidates token-expiry timers when an auth refresh
-	// re-arms them. Read by the timer goroutine.
-	expiryGen atomic.Uint64
+	// expiryGen invalidates token-expiry timers: armExpiry bumps it, and a
+	// timer closes the connection only if it still holds its generation.
+	// Checking it and deciding to close happen under mu in one step, so a
+	// refresh either lands before the close decision (and cancels it) or
+	// finds the connection closing (and is too late).
+	expiryGen uint64
 
 	// Owned by the read loop goroutine; no lock.
 	sess     *session
@@ -184,9 +186,18 @@ func (c *conn) signal() {
 // has an effect. It never blocks.
 func (c *conn) closeWith(code int, text string, errMsg []byte, dropQueued bool) {
 	c.mu.Lock()
+	started := c.closeLocked(code, text, errMsg, dropQueued)
+	c.mu.Unlock()
+	if started {
+		c.signal()
+	}
+}
+
+// closeLocked is closeWith with c.mu held; it reports whether this call
+// started the close (the caller then signals the write loop).
+func (c *conn) closeLocked(code int, text string, errMsg []byte, dropQueued bool) bool {
 	if c.closing {
-		c.mu.Unlock()
-		return
+		return false
 	}
 	c.closing, c.closeCode, c.closeText = true, code, text
 	if dropQueued {
@@ -197,8 +208,7 @@ func (c *conn) closeWith(code int, text string, errMsg []byte, dropQueued bool) 
 		c.queue = append(c.queue, errMsg)
 		c.queued += len(errMsg)
 	}
-	c.mu.Unlock()
-	c.signal()
+	return true
 }
 
 // peerClosed records a close the client started (gorilla has already

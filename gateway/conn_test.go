@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/syncgate/syncgate/gateway/auth"
 	"github.com/syncgate/syncgate/sync/protocol"
 )
 
@@ -230,5 +232,67 @@ func TestConfigDefaults(t *testing.T) {
 		if _, err := bad.withDefaults(); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
+	}
+}
+
+// TestExpiryRaceWithRefresh: a token-expiry timer and a refresh race. The
+// generation check and the close decision are one step under conn.mu, so
+// exactly one of them wins: either the refresh is accepted and the
+// connection stays open, or the connection is closing with 4002 and the
+// refresh is refused. (Before, the timer could pass the check, lose the CPU
+// to an accepted refresh, then close anyway.)
+func TestExpiryRaceWithRefresh(t *testing.T) {
+	t.Parallel()
+	s := bareServer(t, Config{})
+	var won, lost int
+	for i := range 300 {
+		c := bareConn(s)
+		c.armExpiry(auth.Claims{ExpiresAt: time.Now().Add(time.Duration(rand.IntN(300)) * time.Microsecond)})
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
+		refreshed := c.armExpiry(auth.Claims{ExpiresAt: time.Now().Add(time.Hour)})
+		// A timer callback in flight when the refresh landed finishes now.
+		time.Sleep(2 * time.Millisecond)
+		c.mu.Lock()
+		closing, code := c.closing, c.closeCode
+		c.mu.Unlock()
+		switch {
+		case refreshed && closing:
+			t.Fatalf("round %d: the refresh was accepted, yet the connection closes with %d", i, code)
+		case !refreshed && (!closing || code != protocol.CloseTokenExpired):
+			t.Fatalf("round %d: the refresh was refused, but the connection is not closing with 4002 (%v, %d)", i, closing, code)
+		case refreshed:
+			won++
+		default:
+			lost++
+		}
+		if c.expTimer != nil {
+			c.expTimer.Stop()
+		}
+	}
+	t.Logf("refresh won %d rounds, expiry won %d", won, lost)
+}
+
+// TestExpiryUsesValidUntil: the timer is armed at ValidUntil (exp +
+// leeway) when the verifier sets it, at ExpiresAt otherwise.
+func TestExpiryUsesValidUntil(t *testing.T) {
+	t.Parallel()
+	s := bareServer(t, Config{})
+	past := time.Now().Add(-time.Second)
+
+	c := bareConn(s)
+	c.armExpiry(auth.Claims{ExpiresAt: past, ValidUntil: time.Now().Add(time.Hour)})
+	time.Sleep(20 * time.Millisecond)
+	if c.isClosing() {
+		t.Fatal("closed at exp although the token is valid until an hour from now")
+	}
+	c.expTimer.Stop()
+
+	c = bareConn(s)
+	c.armExpiry(auth.Claims{ExpiresAt: past})
+	eventually(t, waitTimeout, "close at exp", c.isClosing)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closeCode != protocol.CloseTokenExpired || len(c.queue) != 1 || !bytes.Contains(c.queue[0], []byte(`"token_expired"`)) {
+		t.Fatalf("close %d, queue %q", c.closeCode, c.queue)
 	}
 }

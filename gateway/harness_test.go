@@ -55,9 +55,11 @@ type harness struct {
 type harnessOption func(*harnessSetup)
 
 type harnessSetup struct {
-	cfg    Config
-	ecfg   engine.Config
-	broker Broker
+	cfg       Config
+	ecfg      engine.Config
+	broker    Broker
+	resolvers *conflict.Registry
+	leeway    time.Duration
 }
 
 func withConfig(f func(*Config)) harnessOption { return func(s *harnessSetup) { f(&s.cfg) } }
@@ -65,6 +67,14 @@ func withEngineConfig(f func(*engine.Config)) harnessOption {
 	return func(s *harnessSetup) { f(&s.ecfg) }
 }
 func withBroker(b Broker) harnessOption { return func(s *harnessSetup) { s.broker = b } }
+
+// withResolvers replaces the default registry (LWW for every collection).
+func withResolvers(r *conflict.Registry) harnessOption {
+	return func(s *harnessSetup) { s.resolvers = r }
+}
+
+// withLeeway sets the verifier's clock-skew leeway on exp and nbf.
+func withLeeway(d time.Duration) harnessOption { return func(s *harnessSetup) { s.leeway = d } }
 
 // testLogger discards logs unless SYNCGATE_TEST_LOG is set (t.Log cannot be
 // used: connection goroutines may log after the test returns).
@@ -86,11 +96,14 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var srv *Server
+	if setup.resolvers == nil {
+		setup.resolvers = conflict.NewRegistry(conflict.LWW{})
+	}
+	notifier := new(LateNotifier)
 	eng, err := engine.New(setup.ecfg, engine.Options{
 		Store:     store,
-		Resolvers: conflict.NewRegistry(conflict.LWW{}),
-		Notifier:  NotifierFunc(func(scope string, c *protocol.Changes) { srv.Committed(scope, c) }),
+		Resolvers: setup.resolvers,
+		Notifier:  notifier,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -99,15 +112,16 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ver, err := auth.NewVerifier(auth.VerifierConfig{Keys: []auth.Key{key}})
+	ver, err := auth.NewVerifier(auth.VerifierConfig{Keys: []auth.Key{key}, Leeway: setup.leeway})
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err = New(setup.cfg, Options{Engine: eng, Verifier: ver, Broker: setup.broker, Logger: testLogger(), Registry: reg})
+	srv, err := New(setup.cfg, Options{Engine: eng, Verifier: ver, Broker: setup.broker, Logger: testLogger(), Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
+	notifier.Set(srv)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

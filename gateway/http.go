@@ -16,7 +16,7 @@ import (
 )
 
 // The HTTP fallback serves push and pull for background sync on mobile,
-// with the WebSocket semantics:
+// with the WebSocket semantics (the conflict API is in http_conflicts.go):
 //
 //	POST /v1/sync/push  {"device": "...", "mutations": [...]}          -> 200 ack
 //	POST /v1/sync/pull  {"device": "...", "scope": "...", "since": N, "limit": N} -> 200 changes | reset
@@ -29,6 +29,7 @@ import (
 //	400 malformed, unknown_type, bad_request, invalid_*, too_deep, stale_mutation, bad_op
 //	401 unauthorized, token_expired (with WWW-Authenticate: Bearer)
 //	403 forbidden_scope
+//	404 not_found
 //	413 too_large
 //	500 internal
 //	503 unavailable, shutdown (with Retry-After)
@@ -129,14 +130,28 @@ func (s *Server) handlePull(c *gin.Context) {
 // httpAuthAndBody refuses the request while draining, verifies the bearer
 // token and reads the body (at most MaxMessageBytes).
 func (s *Server) httpAuthAndBody(c *gin.Context) (auth.Claims, []byte, bool) {
+	claims, ok := s.httpAuth(c)
+	if !ok {
+		return auth.Claims{}, nil, false
+	}
+	body, ok := s.httpBody(c)
+	if !ok {
+		return auth.Claims{}, nil, false
+	}
+	return claims, body, true
+}
+
+// httpAuth refuses the request while draining and verifies the bearer
+// token.
+func (s *Server) httpAuth(c *gin.Context) (auth.Claims, bool) {
 	if s.draining.Load() {
 		s.httpError(c, protocol.Errorf(protocol.CodeShutdown, "the node is draining"))
-		return auth.Claims{}, nil, false
+		return auth.Claims{}, false
 	}
 	token, ok := bearer(c.GetHeader("Authorization"))
 	if !ok {
 		s.httpError(c, protocol.Errorf(protocol.CodeUnauthorized, "an Authorization: Bearer <token> header is required"))
-		return auth.Claims{}, nil, false
+		return auth.Claims{}, false
 	}
 	claims, err := s.verifier.Verify(token)
 	if err != nil {
@@ -146,12 +161,17 @@ func (s *Server) httpAuthAndBody(c *gin.Context) (auth.Claims, []byte, bool) {
 		} else {
 			s.httpError(c, protocol.Errorf(protocol.CodeUnauthorized, "the token is not valid"))
 		}
-		return auth.Claims{}, nil, false
+		return auth.Claims{}, false
 	}
+	return claims, true
+}
+
+// httpBody reads the request body, at most MaxMessageBytes.
+func (s *Server) httpBody(c *gin.Context) ([]byte, bool) {
 	limit := int64(s.cfg.MaxMessageBytes)
 	if c.Request.ContentLength > limit {
 		s.httpError(c, tooLarge(limit))
-		return auth.Claims{}, nil, false
+		return nil, false
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, limit))
 	if err != nil {
@@ -161,9 +181,9 @@ func (s *Server) httpAuthAndBody(c *gin.Context) (auth.Claims, []byte, bool) {
 		} else {
 			s.httpError(c, protocol.Errorf(protocol.CodeBadRequest, "reading the body failed"))
 		}
-		return auth.Claims{}, nil, false
+		return nil, false
 	}
-	return claims, body, true
+	return body, true
 }
 
 func tooLarge(limit int64) *protocol.Error {
@@ -224,6 +244,8 @@ func httpStatus(code protocol.Code) int {
 		return http.StatusUnauthorized
 	case protocol.CodeForbiddenScope:
 		return http.StatusForbidden
+	case protocol.CodeNotFound:
+		return http.StatusNotFound
 	case protocol.CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
 	case protocol.CodeUnavailable, protocol.CodeShutdown:

@@ -59,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"code"}),
 		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "syncgate", Name: "http_requests_total",
-			Help: "HTTP fallback requests, by route and status code.",
+			Help: "HTTP API requests (fallback push and pull, conflict list and resolve), by route and status code.",
 		}, []string{"route", "code"}),
 		brokerErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "syncgate", Name: "broker_errors_total",

@@ -29,6 +29,12 @@ type Engine interface {
 	Open(ctx context.Context, p engine.Principal, subs []protocol.Subscription) (engine.OpenResult, error)
 	Push(ctx context.Context, p engine.Principal, muts []protocol.Mutation) ([]protocol.Result, error)
 	Pull(ctx context.Context, p engine.Principal, scope string, since uint64, limit int) (*protocol.Changes, *protocol.Reset, error)
+	// Conflicts lists a scope's conflict records, oldest first, after the
+	// record named after ("" from the start), at most limit.
+	Conflicts(ctx context.Context, p engine.Principal, scope string, openOnly bool, after string, limit int) ([]protocol.Conflict, error)
+	// ResolveConflict applies a person's decision on a conflict as a
+	// mutation of p's device that names it.
+	ResolveConflict(ctx context.Context, p engine.Principal, scope, id string, r engine.Resolution) (protocol.Result, error)
 	// Config gives the limits announced in welcome (MaxBatch, PullLimit).
 	Config() engine.Config
 }
@@ -43,7 +49,7 @@ var (
 	_ Engine          = (*engine.Engine)(nil)
 	_ Verifier        = (*auth.Verifier)(nil)
 	_ engine.Notifier = (*Server)(nil)
-	_ engine.Notifier = NotifierFunc(nil)
+	_ engine.Notifier = (*LateNotifier)(nil)
 )
 
 // Options are the Server's collaborators. Engine and Verifier are required.
@@ -181,6 +187,12 @@ func (s *Server) routes() http.Handler {
 		gin.SetMode(gin.ReleaseMode)
 	}
 	r := gin.New()
+	// Route on the escaped path and unescape parameters ourselves
+	// (pathParam): a scope is user:<id> or space:<id>, and an id may hold
+	// '/' (sent as %2F) or '+', which gin's default routing on the decoded
+	// path, or its query-style unescaping, would get wrong.
+	r.UseEscapedPath = true
+	r.UnescapePathValues = false
 	// No proxy is trusted: ClientIP (logged) is the socket's peer, not a
 	// client-supplied X-Forwarded-For. The cmd may configure proxies.
 	_ = r.SetTrustedProxies(nil)
@@ -197,6 +209,8 @@ func (s *Server) routes() http.Handler {
 	r.GET("/v1/ws", s.handleWS)
 	r.POST("/v1/sync/push", s.instrument("push", s.handlePush))
 	r.POST("/v1/sync/pull", s.instrument("pull", s.handlePull))
+	r.GET("/v1/scopes/:scope/conflicts", s.instrument("conflicts", s.handleConflicts))
+	r.POST("/v1/scopes/:scope/conflicts/:id/resolve", s.instrument("resolve", s.handleResolve))
 	return r
 }
 
@@ -406,15 +420,28 @@ closing:
 // subscribed connection on every node — including the connection that
 // pushed, which uses them to advance its checkpoint (they reach it before
 // its ack).
-func (s *Server) Committed(scope string, ch *protocol.Changes) {
-	data, err := protocol.Marshal(ch)
+func (s *Server) Committed(scope string, ch *protocol.Changes) { s.publish(scope, ch) }
+
+// Conflicted implements engine.Notifier: a manual conflict record opened,
+// or was resolved or abandoned. Like Committed it runs under the scope's
+// lock and does not block; the `conflict` message takes the same path, so
+// it reaches each connection in the order the engine announced it relative
+// to the scope's `changes` (a pusher sees the record its push opened
+// before its ack; every device sees a resolution's `changes` before the
+// `conflict` that closes the record).
+func (s *Server) Conflicted(scope string, c *protocol.ConflictMsg) { s.publish(scope, c) }
+
+// publish encodes m once and hands it to the broker for every subscriber
+// of scope. It never blocks (see Broker.Publish).
+func (s *Server) publish(scope string, m protocol.Message) {
+	data, err := protocol.Marshal(m)
 	if err != nil {
-		s.log.Error("gateway: encoding changes failed", "scope", scope, "err", err)
+		s.log.Error("gateway: encoding a live message failed", "type", m.Kind(), "scope", scope, "err", err)
 		return
 	}
 	if err := s.broker.Publish(s.baseCtx, scope, data); err != nil {
 		s.metrics.brokerErrors.Inc()
-		s.log.Warn("gateway: publishing changes failed", "scope", scope, "err", err)
+		s.log.Warn("gateway: publishing failed", "type", m.Kind(), "scope", scope, "err", err)
 	}
 }
 
@@ -449,19 +476,38 @@ func (s *Server) errorMessage(rid uint64, code protocol.Code, msg string) []byte
 	return data
 }
 
-// NotifierFunc adapts a function to engine.Notifier. It breaks the
-// construction cycle (the engine takes its Notifier in engine.New, the
-// Server takes the engine in New):
+// LateNotifier is an engine.Notifier whose Server is set after it is
+// built. It breaks the construction cycle (the engine takes its Notifier
+// in engine.New, the Server takes the engine in New):
 //
-//	var srv *gateway.Server
-//	eng, err := engine.New(ecfg, engine.Options{..., Notifier: gateway.NotifierFunc(
-//		func(scope string, c *protocol.Changes) { srv.Committed(scope, c) })})
-//	srv, err = gateway.New(gcfg, gateway.Options{Engine: eng, ...})
+//	var late gateway.LateNotifier
+//	eng, err := engine.New(ecfg, engine.Options{..., Notifier: &late})
+//	srv, err := gateway.New(gcfg, gateway.Options{Engine: eng, ...})
+//	late.Set(srv)
 //
-// Commits only happen once connections are served, after srv is set.
-type NotifierFunc func(scope string, c *protocol.Changes)
+// Until Set, notifications are dropped (nothing is subscribed before the
+// Server serves, so nothing is lost: devices catch up by pulling). Set and
+// the notifications are safe to call concurrently. The zero value is ready
+// to use; it must not be copied after first use.
+type LateNotifier struct {
+	srv atomic.Pointer[Server]
+}
+
+// Set routes every later notification to s.
+func (n *LateNotifier) Set(s *Server) { n.srv.Store(s) }
 
 // Committed implements engine.Notifier.
-func (f NotifierFunc) Committed(scope string, c *protocol.Changes) { f(scope, c) }
+func (n *LateNotifier) Committed(scope string, c *protocol.Changes) {
+	if s := n.srv.Load(); s != nil {
+		s.Committed(scope, c)
+	}
+}
+
+// Conflicted implements engine.Notifier.
+func (n *LateNotifier) Conflicted(scope string, c *protocol.ConflictMsg) {
+	if s := n.srv.Load(); s != nil {
+		s.Conflicted(scope, c)
+	}
+}
 
 func stack() string { return string(debug.Stack()) }

@@ -117,7 +117,7 @@ func (c *conn) onHello(h *protocol.Hello) {
 	sess := &session{id: sessionID(h.Session), principal: p, scopes: make(map[string]struct{}, len(res.Scopes))}
 	c.sess = sess
 	c.log.Store(c.logger().With("user", p.User, "device", p.Device, "session", sess.id))
-	c.armExpiry(claims.ExpiresAt)
+	c.armExpiry(claims)
 
 	states := res.Scopes
 	if states == nil {
@@ -127,8 +127,8 @@ func (c *conn) onHello(h *protocol.Hello) {
 		Envelope: protocol.Envelope{Rid: h.Rid},
 		Protocol: protocol.Version, Session: sess.id, Node: c.srv.cfg.Node,
 		User: p.User, Device: p.Device, LastMutation: res.LastMutation, Scopes: states,
-		ExpiresAt: unixMilli(claims.ExpiresAt), MaxMessageBytes: c.srv.cfg.MaxMessageBytes,
-		MaxBatch: c.srv.limits.MaxBatch, PullLimit: c.srv.limits.PullLimit,
+		ExpiresAt: unixMilli(claims.ExpiresAt), Conflicts: res.Conflicts,
+		MaxMessageBytes: c.srv.cfg.MaxMessageBytes, MaxBatch: c.srv.limits.MaxBatch, PullLimit: c.srv.limits.PullLimit,
 	})
 	for _, st := range states {
 		if st.Reset {
@@ -218,8 +218,10 @@ func (c *conn) onAuth(m *protocol.Auth) {
 			protocol.CloseUnauthorized)
 		return
 	}
+	if !c.armExpiry(claims) {
+		return // the old token expired first: the connection is closing with 4002
+	}
 	sess.principal.Spaces = claims.Spaces
-	c.armExpiry(claims.ExpiresAt)
 	c.send(&protocol.AuthOK{Envelope: protocol.Envelope{Rid: m.Rid}, ExpiresAt: unixMilli(claims.ExpiresAt)})
 	var revoked []string
 	for scope := range sess.scopes {
@@ -236,25 +238,53 @@ func (c *conn) onAuth(m *protocol.Auth) {
 	}
 }
 
-// armExpiry (re)starts the token-expiry timer. A refresh bumps expiryGen,
-// so a timer that already fired but lost the race does nothing.
-func (c *conn) armExpiry(exp time.Time) {
-	gen := c.expiryGen.Add(1)
+// armExpiry (re)starts the token-expiry timer for a verified token. The
+// timer fires when the verifier would start refusing the token: at
+// ValidUntil (exp plus the verifier's leeway), or at exp for a Verifier
+// that does not set it. A token accepted within the leeway is therefore
+// not closed right after its welcome or auth_ok. armExpiry reports false
+// when the connection is already closing (an expiry won the race: the
+// refresh is too late). It runs on the read loop.
+func (c *conn) armExpiry(claims auth.Claims) bool {
+	deadline := claims.ValidUntil
+	if deadline.IsZero() {
+		deadline = claims.ExpiresAt
+	}
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return false
+	}
+	c.expiryGen++
+	gen := c.expiryGen
+	c.mu.Unlock()
 	if c.expTimer != nil {
 		c.expTimer.Stop()
 		c.expTimer = nil
 	}
-	if exp.IsZero() {
+	if deadline.IsZero() {
+		return true
+	}
+	c.expTimer = time.AfterFunc(time.Until(deadline), func() { c.expire(gen) })
+	return true
+}
+
+// expire closes the connection with 4002 if no refresh re-armed the timer
+// since generation gen. The check and the close decision are one step
+// under c.mu (see conn.expiryGen).
+func (c *conn) expire(gen uint64) {
+	msg := c.srv.errorMessage(0, protocol.CodeTokenExpired, "the token expired; send auth before expiresAt")
+	c.mu.Lock()
+	if c.expiryGen != gen {
+		c.mu.Unlock()
 		return
 	}
-	c.expTimer = time.AfterFunc(time.Until(exp), func() {
-		if c.expiryGen.Load() != gen {
-			return
-		}
+	started := c.closeLocked(protocol.CloseTokenExpired, string(protocol.CodeTokenExpired), msg, false)
+	c.mu.Unlock()
+	if started {
+		c.signal()
 		c.logger().Debug("gateway: token expired without refresh")
-		c.closeWith(protocol.CloseTokenExpired, string(protocol.CodeTokenExpired),
-			c.srv.errorMessage(0, protocol.CodeTokenExpired, "the token expired; send auth before expiresAt"), false)
-	})
+	}
 }
 
 // authFailed closes the connection after a token failed verification.

@@ -679,3 +679,48 @@ func TestServeContextCancelClosesAtOnce(t *testing.T) {
 	}
 	eventually(t, waitTimeout, "connections gone", func() bool { return counter(t, h.srv.metrics.connections) == 0 })
 }
+
+// TestTokenWithinLeeway: the verifier accepts a token up to exp + leeway,
+// so a session opened (or refreshed) with a token already past exp but
+// within the leeway is not closed at once: it ends at exp + leeway.
+func TestTokenWithinLeeway(t *testing.T) {
+	t.Parallel()
+	const leeway = 3 * time.Second
+	h := newHarness(t, withLeeway(leeway))
+	// exp about a second ago (JWT times are whole seconds): within leeway.
+	pastExp := func() string {
+		return token(t, "alice", tokIssued(time.Now().Add(-time.Hour-time.Second)), tokTTL(time.Hour))
+	}
+
+	t.Run("hello", func(t *testing.T) {
+		t.Parallel()
+		c := h.dial(t)
+		w := c.hello(pastExp(), "phone")
+		exp := time.UnixMilli(w.ExpiresAt)
+		if !exp.Before(time.Now()) {
+			t.Fatalf("welcome expiresAt %s is not the (past) exp", exp)
+		}
+		c.ping(1) // used to be: token_expired and 4002 right after the welcome
+		c.expectError(protocol.CodeTokenExpired)
+		c.expectClose(protocol.CloseTokenExpired)
+		// Closed at exp + leeway, not before (and not much later).
+		if d := time.Since(exp.Add(leeway)); d < -50*time.Millisecond || d > 1500*time.Millisecond {
+			t.Fatalf("closed %s after exp+leeway", d)
+		}
+	})
+
+	t.Run("refresh", func(t *testing.T) {
+		t.Parallel()
+		c := h.dial(t)
+		c.hello(token(t, "alice"), "laptop")
+		c.send(&protocol.Auth{Envelope: protocol.Envelope{Rid: 2}, Token: pastExp()})
+		var ok protocol.AuthOK
+		c.expect(protocol.TypeAuthOK, &ok)
+		c.ping(3)
+		c.expectError(protocol.CodeTokenExpired)
+		c.expectClose(protocol.CloseTokenExpired)
+		if d := time.Since(time.UnixMilli(ok.ExpiresAt).Add(leeway)); d < -50*time.Millisecond || d > 1500*time.Millisecond {
+			t.Fatalf("closed %s after exp+leeway", d)
+		}
+	})
+}

@@ -1,6 +1,7 @@
 // Package storage defines what the sync engine needs from a database: an
 // append-only scope log whose commit point is a single (ordered) insert
-// guarded by uniqueness, plus device state and receipts.
+// guarded by uniqueness, plus device state, receipts and manual conflict
+// records.
 //
 // Implementations live in sub-packages (embedded = bbolt, mongo = MongoDB)
 // and all of them pass the one conformance suite in storage/storagetest.
@@ -12,11 +13,49 @@
 //     version) or (device, mutation id) already exists, and it must never
 //     leave a gap: entries are inserted in order and the first rejected entry
 //     stops the batch. Entries before it stay committed (a partial win).
-//   - Entry.Committed and Receipt.Created are stamped with the store's clock
+//   - Entry.Committed, Receipt.Created, ConflictRecord.Created and the
+//     Closed of a closed ConflictRecord are stamped with the store's clock
 //     when zero and kept otherwise.
+//   - Receipts, conflict records and LastMutationID are written only when
+//     every entry of the batch committed: a partial win, or a batch whose
+//     first entry lost, writes none of them. A batch with no entries (every
+//     mutation was rejected or became a conflict) simply writes them. A
+//     batch's conflict records belong to its Scope, and a malformed one
+//     (no ID, another scope, an unknown status, an open record with Closed
+//     set) is refused with the whole batch.
+//   - A conflict record is keyed by (Scope, ID). Writing one whose key
+//     exists replaces it whole, unconditionally (last write wins), which
+//     makes a retried commit idempotent and a status change a rewrite; the
+//     store never compares statuses. A caller rewriting a record keeps its
+//     Created, which orders the scope's records with ID as the tie break.
+//     The engine derives ID from the conflicting mutation's (device,
+//     mutation id), so concurrent writers of one record write the same
+//     content or a status change.
+//   - AgeConflicts may race with a rewrite of the same record. A store
+//     need not make that race atomic (a MongoDB store may implement it as
+//     an update filtered by status, which FerretDB does not apply
+//     atomically): the record then ends resolved or abandoned, either one,
+//     but never open. A deleted record's ID may be written again.
+//   - Conflict records do not make a scope: Scopes lists scopes with a log.
+//   - Version finds an entry by (scope, collection, id, version), the key
+//     of the version guard; ErrNotFound once compaction removed it.
 //   - A log entry's version must be exactly the document's latest version + 1
-//     (1 for a document without entries); a store that enforces uniqueness
-//     by index also checks this before inserting.
+//     (1 for a document that never had an entry); a store that enforces
+//     uniqueness by index also checks this before inserting. A document's
+//     versions never restart, not even after compaction purged it: devices
+//     that saw the tombstone still hold its version, and skip (or refuse as
+//     stale) anything not above it.
+//   - Purging a tombstone therefore leaves a marker of the document: the
+//     purged tombstone's (scope, collection, id, version) and nothing else.
+//     Latest returns it as an Entry with Seq 0 and Deleted set (and every
+//     field but Scope, Collection, DocID and Version zero), the version
+//     guard treats it as the document's latest version, and the next entry
+//     replaces it. It is not a log entry: Read, Head and Version never see
+//     it, and the document's entries keep no link to the purged ones. A
+//     store keeps it where it keeps the guard: the embedded store as a docs
+//     ref with seq 0, a MongoDB store as a small marker document. Markers
+//     are a few dozen bytes, and are kept for as long as the document's id
+//     could be written again, that is forever; a store need not expire them.
 //   - After compaction removes an entry, the (device, mutation id) guard for
 //     it goes too; replays older than the retention are caught by the
 //     device's LastMutationID instead.

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -76,18 +77,74 @@ type Receipt struct {
 	DocID      string         `json:"id"`
 	Version    uint64         `json:"version,omitempty"`
 	Seq        uint64         `json:"seq,omitempty"`
-	State      map[string]any `json:"state,omitempty"` // resolved state when it differs from what was sent
+	State      map[string]any `json:"state,omitempty"`    // resolved state when it differs from what was sent
+	Conflict   string         `json:"conflict,omitempty"` // the conflict record an outcome Conflict opened
 	Deleted    bool           `json:"deleted,omitempty"`
 	Created    time.Time      `json:"created"`
 }
 
+// ConflictStatus is the state of a manual conflict record.
+type ConflictStatus string
+
+const (
+	ConflictOpen      ConflictStatus = "open"      // awaiting a resolving mutation
+	ConflictResolved  ConflictStatus = "resolved"  // a resolving mutation closed it
+	ConflictAbandoned ConflictStatus = "abandoned" // left open longer than the abandon period
+)
+
+// Valid reports whether s is one of the three statuses.
+func (s ConflictStatus) Valid() bool {
+	return s == ConflictOpen || s == ConflictResolved || s == ConflictAbandoned
+}
+
+// ConflictRecord is a change the `manual` rule did not apply: the device's
+// mutation (Mine) against the document as it stood (Theirs), kept until a
+// resolving mutation names it. It is keyed by (Scope, ID); the store treats
+// ID as opaque. The engine derives ID from (Device, MutationID), so a
+// retried commit writes the same record again rather than a second one.
+type ConflictRecord struct {
+	ID            string          `json:"id"`
+	Scope         string          `json:"scope"`
+	Collection    string          `json:"col"`
+	DocID         string          `json:"docId"`
+	Base          uint64          `json:"base"`                // the version the device edited
+	BaseState     map[string]any  `json:"baseState,omitempty"` // that version's state, if the log still had it
+	Mine          json.RawMessage `json:"mine"`                // the mutation as the device sent it (protocol JSON)
+	Theirs        map[string]any  `json:"theirs,omitempty"`    // the current state it collided with
+	TheirsVersion uint64          `json:"theirsVersion"`
+	TheirsDeleted bool            `json:"theirsDeleted,omitempty"`
+	Device        DeviceRef       `json:"device"`
+	MutationID    uint64          `json:"mid"`
+	Status        ConflictStatus  `json:"status"`
+	// Created orders the records of a scope, with ID as the tie break. A
+	// rewrite should keep it: the order follows the last write. (Stores may
+	// keep times at millisecond precision, as MongoDB does.)
+	Created time.Time `json:"created"`
+	// Closed is when the record was resolved or abandoned (zero while
+	// open); ResolvedBy names the resolving mutation.
+	Closed     time.Time       `json:"closed,omitzero"`
+	ResolvedBy *DeviceMutation `json:"resolvedBy,omitempty"`
+}
+
+// DeviceMutation names one mutation of one device.
+type DeviceMutation struct {
+	Device     DeviceRef `json:"device"`
+	MutationID uint64    `json:"mid"`
+}
+
 // Batch is one commit: entries of a single scope with contiguous seqs that
-// start right after the head the writer read, plus the receipts and device
-// progress that become durable if (and only if) every entry commits.
+// start right after the head the writer read, plus the receipts, conflict
+// records and device progress that become durable if (and only if) every
+// entry commits. A batch without entries (every mutation was rejected or
+// became a conflict) simply writes them.
 type Batch struct {
 	Scope    string
 	Entries  []Entry
 	Receipts []Receipt
+	// Conflicts are conflict records of Scope to write: new ones, or
+	// status changes of existing ones, each replacing the record with the
+	// same ID whole (so a retried commit is idempotent).
+	Conflicts []ConflictRecord
 	// Device and LastMutationID advance the device's high-water mark of
 	// processed mutation ids. Zero LastMutationID leaves it unchanged.
 	Device         DeviceRef
@@ -136,8 +193,20 @@ type Log interface {
 	// Horizon returns the highest seq whose information compaction may have
 	// erased; a device whose checkpoint is below it must reset. 0 if none.
 	Horizon(ctx context.Context, scope string) (uint64, error)
-	// Latest returns the newest entry of a document, or ErrNotFound.
+	// Latest returns the newest entry of a document, or ErrNotFound if the
+	// document never had one. Once compaction has purged the document's
+	// tombstone, Latest returns a marker instead: an Entry with Scope,
+	// Collection and DocID set, Seq 0, Deleted true and the purged
+	// tombstone's Version, every other field zero. A marker is not a log
+	// entry (Read never returns one); it means "no current state, but the
+	// versions continue": the document's next entry has Version
+	// marker.Version+1, as after a live tombstone.
 	Latest(ctx context.Context, scope, collection, id string) (Entry, error)
+	// Version returns the entry that gave a document the given version, or
+	// ErrNotFound if there is none: never committed, or removed by
+	// compaction (a marker's version included: its entry is gone).
+	// Versions never restart, so each version names at most one entry.
+	Version(ctx context.Context, scope, collection, id string, version uint64) (Entry, error)
 	// Commit inserts b.Entries in order (the commit point). On a uniqueness
 	// violation it returns the number committed and a *CommitError.
 	Commit(ctx context.Context, b *Batch) (int, error)
@@ -145,7 +214,8 @@ type Log interface {
 	Read(ctx context.Context, scope string, since, through uint64, limit int) ([]Entry, error)
 	// Compact deletes entries superseded by a newer version of the same
 	// document, and tombstones, committed before olderThan. It never deletes
-	// the head entry of a scope, so seqs are never reused.
+	// the head entry of a scope, so seqs are never reused. Purging a
+	// document's tombstone leaves a marker of its version (see Latest).
 	Compact(ctx context.Context, scope string, olderThan time.Time) (CompactStats, error)
 	// Scopes lists scope names after `after` in ascending order, at most limit.
 	Scopes(ctx context.Context, after string, limit int) ([]string, error)
@@ -166,10 +236,36 @@ type Devices interface {
 	ExpireReceipts(ctx context.Context, olderThan time.Time) (int, error)
 }
 
+// Conflicts holds manual conflict records. Records are written only
+// through Batch.Conflicts (so a record is durable before the device is
+// told, and under the commit's rule); this interface reads and ages them.
+//
+// Records of a scope are ordered by (Created, ID), ascending: the order of
+// ListConflicts, and a stable one for paging.
+type Conflicts interface {
+	// Conflict returns the record of scope with this ID, or ErrNotFound
+	// (also for the ID of a record of another scope).
+	Conflict(ctx context.Context, scope, id string) (ConflictRecord, error)
+	// ListConflicts returns records of scope in (Created, ID) order,
+	// starting after the record with ID `after` ("" from the start), at
+	// most limit (which must be positive). openOnly keeps only
+	// ConflictOpen records. `after` keeps its place even if that record
+	// was closed since; if no record of scope has that ID any more
+	// (deleted by AgeConflicts), ListConflicts returns ErrNotFound.
+	ListConflicts(ctx context.Context, scope string, openOnly bool, after string, limit int) ([]ConflictRecord, error)
+	// AgeConflicts marks open records created before abandonBefore as
+	// ConflictAbandoned, with Closed stamped by the store's clock, then
+	// deletes resolved or abandoned records closed before deleteBefore
+	// (both cutoffs exclusive), across all scopes. It returns how many
+	// records it abandoned and deleted.
+	AgeConflicts(ctx context.Context, abandonBefore, deleteBefore time.Time) (abandoned, deleted int, err error)
+}
+
 // Store is everything the engine needs.
 type Store interface {
 	Log
 	Devices
+	Conflicts
 	// Close releases the store. Further calls return ErrClosed.
 	Close(ctx context.Context) error
 }

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -71,7 +70,7 @@ func bench(args, env []string, stdout io.Writer) error {
 		defer os.RemoveAll(dir)
 		cfg.DataDir, cfg.Listen = dir, "127.0.0.1:0"
 		cfg.Auth.SecretFile = ""
-		a, err := app.New(ctx, cfg, slog.New(slog.DiscardHandler))
+		a, err := app.New(ctx, cfg, app.Options{})
 		if err != nil {
 			return err
 		}

@@ -94,7 +94,7 @@ func serve(args, env []string, stderr io.Writer) error {
 	log := cfg.Logger(stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	a, err := app.New(ctx, cfg, log)
+	a, err := app.New(ctx, cfg, app.Options{Logger: log})
 	if err != nil {
 		return err
 	}

@@ -31,11 +31,11 @@ func TestMintRoundTrip(t *testing.T) {
 		verErr error
 	}{
 		{"plain, default TTL", func(*MintOptions) {},
-			Claims{Subject: "alice", ExpiresAt: testNow.Add(24 * time.Hour), IssuedAt: testNow}, nil},
+			Claims{Subject: "alice", ExpiresAt: testNow.Add(24 * time.Hour), ValidUntil: testNow.Add(24 * time.Hour), IssuedAt: testNow}, nil},
 		{"everything", func(o *MintOptions) {
 			o.Device, o.Spaces, o.Roles, o.Remember, o.TTL, o.KeyID = "phone", []string{"t1"}, []string{"admin"}, true, time.Hour, "dev"
 		}, Claims{Subject: "alice", Device: "phone", Spaces: []string{"t1"}, Roles: []string{"admin"}, Remember: true,
-			ExpiresAt: testNow.Add(time.Hour), IssuedAt: testNow}, nil},
+			ExpiresAt: testNow.Add(time.Hour), ValidUntil: testNow.Add(time.Hour), IssuedAt: testNow}, nil},
 		{"expired", func(o *MintOptions) {
 			o.TTL, o.Now = time.Minute, func() time.Time { return testNow.Add(-time.Hour) }
 		}, Claims{}, ErrExpired},

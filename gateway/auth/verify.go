@@ -39,6 +39,11 @@ type Claims struct {
 	ID        string    // jti, if any
 	ExpiresAt time.Time // exp, in UTC
 	IssuedAt  time.Time // iat, in UTC; zero if absent
+	// ValidUntil is when Verify starts refusing the token as expired: exp
+	// plus the verifier's leeway, in UTC. A session authenticated by the
+	// token should end then, not at ExpiresAt, or a token accepted within
+	// the leeway would be cut off at once.
+	ValidUntil time.Time
 }
 
 // AllowsDevice reports whether the token may be used by device.
@@ -216,13 +221,14 @@ func (v *Verifier) checkClaims(tc *tokenClaims) (Claims, error) {
 		return Claims{}, fmt.Errorf("%w at %s", ErrExpired, tc.ExpiresAt.UTC().Format(time.RFC3339))
 	}
 	c := Claims{
-		Subject:   tc.Subject,
-		Spaces:    tc.Spaces,
-		Device:    tc.Device,
-		Roles:     tc.Roles,
-		Remember:  tc.Remember,
-		ID:        tc.ID,
-		ExpiresAt: tc.ExpiresAt.UTC(),
+		Subject:    tc.Subject,
+		Spaces:     tc.Spaces,
+		Device:     tc.Device,
+		Roles:      tc.Roles,
+		Remember:   tc.Remember,
+		ID:         tc.ID,
+		ExpiresAt:  tc.ExpiresAt.UTC(),
+		ValidUntil: tc.ExpiresAt.Add(v.leeway).UTC(),
 	}
 	if tc.IssuedAt != nil {
 		c.IssuedAt = tc.IssuedAt.UTC()

@@ -38,7 +38,8 @@ func TestVerify(t *testing.T) {
 			}))
 		}, check: func(t *testing.T, c Claims) {
 			want := Claims{Subject: "alice", Spaces: []string{"team1", "team2"}, Device: "phone", Roles: []string{"support"},
-				Remember: true, ID: "j1", ExpiresAt: testNow.Add(time.Hour), IssuedAt: testNow.Add(-time.Minute)}
+				Remember: true, ID: "j1", ExpiresAt: testNow.Add(time.Hour), IssuedAt: testNow.Add(-time.Minute),
+				ValidUntil: testNow.Add(time.Hour + 30*time.Second)} // exp + the verifier's leeway
 			if !reflect.DeepEqual(c, want) {
 				t.Errorf("claims\n got %+v\nwant %+v", c, want)
 			}
@@ -73,6 +74,15 @@ func TestVerify(t *testing.T) {
 		}},
 		{name: "expired within leeway is accepted", token: func(t *testing.T) string {
 			return sign(t, jwt.SigningMethodHS256, hs, "hs", claims(func(c jwt.MapClaims) { c["exp"] = in(-20 * time.Second) }))
+		}, check: func(t *testing.T, c Claims) {
+			// A session must not end at exp (already past) but when the
+			// verifier would refuse the token: exp + leeway, 10s from now.
+			if want := testNow.Add(-20 * time.Second); !c.ExpiresAt.Equal(want) {
+				t.Errorf("ExpiresAt = %s, want %s", c.ExpiresAt, want)
+			}
+			if want := testNow.Add(10 * time.Second); !c.ValidUntil.Equal(want) || c.ValidUntil.Location() != time.UTC {
+				t.Errorf("ValidUntil = %s, want %s in UTC", c.ValidUntil, want)
+			}
 		}},
 		{name: "nbf in the future", want: ErrInvalid, detail: "not valid before", token: func(t *testing.T) string {
 			return sign(t, jwt.SigningMethodHS256, hs, "hs", claims(func(c jwt.MapClaims) { c["nbf"] = in(2 * time.Minute) }))
@@ -386,4 +396,42 @@ func TestVerifyConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestValidUntilIsWhenVerifyStartsRefusing: ValidUntil is exp + leeway, the
+// first instant at which Verify answers ErrExpired, for any leeway
+// (including none). The gateway arms its session-expiry timer at it.
+func TestValidUntilIsWhenVerifyStartsRefusing(t *testing.T) {
+	hs, err := LoadKey("hs", HS256, "", []byte(testSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := testNow.Add(time.Hour)
+	tok := sign(t, jwt.SigningMethodHS256, []byte(testSecret), "hs", claims(func(c jwt.MapClaims) { c["exp"] = exp.Unix() }))
+	for _, leeway := range []time.Duration{0, time.Second, 30 * time.Second, 5 * time.Minute} {
+		var now time.Time
+		v, err := NewVerifier(VerifierConfig{
+			Keys: []Key{hs}, Issuer: "syncgate", Audience: "syncgate", Leeway: leeway,
+			Now: func() time.Time { return now },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		now = testNow
+		c, err := v.Verify(tok)
+		if err != nil {
+			t.Fatalf("leeway %s: %v", leeway, err)
+		}
+		if want := exp.Add(leeway); !c.ValidUntil.Equal(want) || !c.ExpiresAt.Equal(exp) {
+			t.Fatalf("leeway %s: ExpiresAt %s ValidUntil %s, want %s and %s", leeway, c.ExpiresAt, c.ValidUntil, exp, want)
+		}
+		now = c.ValidUntil.Add(-time.Nanosecond)
+		if _, err := v.Verify(tok); err != nil {
+			t.Fatalf("leeway %s: refused just before ValidUntil: %v", leeway, err)
+		}
+		now = c.ValidUntil
+		if _, err := v.Verify(tok); !errors.Is(err, ErrExpired) {
+			t.Fatalf("leeway %s: at ValidUntil got %v, want ErrExpired", leeway, err)
+		}
+	}
 }

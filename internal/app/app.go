@@ -39,9 +39,19 @@ type App struct {
 	listener net.Listener
 }
 
+// Options are what an embedder adds to a Config. The zero value is fine.
+type Options struct {
+	// Logger receives the node's logs. nil: discard.
+	Logger *slog.Logger
+	// Catalog holds custom conflict resolvers, registered by name, that
+	// the collections config may refer to. nil: built-ins only.
+	Catalog *conflict.Catalog
+}
+
 // New opens the store and builds the node. It listens on cfg.Listen right
 // away (so Addr is known before Run) but serves nothing until Run.
-func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error) {
+func New(ctx context.Context, cfg config.Config, o Options) (*App, error) {
+	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -65,14 +75,24 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 	if err != nil {
 		return nil, fmt.Errorf("app: storage: %w", err)
 	}
+	// Conflict rules per collection: validated here rather than in
+	// config.Validate, because custom resolvers come from the embedder's
+	// catalog. Errors name the config key.
+	resolvers, err := conflict.Build(cfg.Collections, o.Catalog)
+	if err != nil {
+		store.Close(ctx)
+		return nil, fmt.Errorf("app: %w", err)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	var srv *gateway.Server // set below; the engine announces commits to it
+	// The engine announces commits and conflicts to the gateway, which is
+	// built after it: the late notifier is pointed at it below.
+	notifier := new(gateway.LateNotifier)
 	eng, err := engine.New(engineConfig(cfg), engine.Options{
 		Store:     store,
-		Resolvers: conflict.NewRegistry(conflict.LWW{}),
-		Notifier:  gateway.NotifierFunc(func(scope string, c *protocol.Changes) { srv.Committed(scope, c) }),
+		Resolvers: resolvers,
+		Notifier:  notifier,
 		Logger:    log,
 		Registry:  reg,
 	})
@@ -80,13 +100,14 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 		store.Close(ctx)
 		return nil, err
 	}
-	srv, err = gateway.New(gatewayConfig(cfg), gateway.Options{
+	srv, err := gateway.New(gatewayConfig(cfg), gateway.Options{
 		Engine: eng, Verifier: verifier, Logger: log, Registry: reg, Gatherer: reg,
 	})
 	if err != nil {
 		store.Close(ctx)
 		return nil, err
 	}
+	notifier.Set(srv)
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		store.Close(ctx)

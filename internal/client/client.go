@@ -1,6 +1,15 @@
 // Package client is a small Go implementation of the device side of the
 // wire protocol: a replica per scope, a queue of pending mutations with
-// strictly increasing ids, checkpoints, gap detection and resets. The e2e
+// strictly increasing ids, checkpoints, gap detection and resets.
+//
+// The replica is kept as two layers, the model every client should follow:
+// the server state (only ever set from `changes` entries and resolved
+// states in acks) and, on top, the device's own mutations the server state
+// does not include yet — unacknowledged ones, and acknowledged ones whose
+// entry has not arrived. What the app sees is the server state with that
+// overlay re-applied in mutation order, so an incoming change never makes
+// a local edit flicker away, and a rejected or conflicting edit simply
+// drops out of the view. The e2e
 // tests and `syncgate bench` use it; the product's client is the TypeScript
 // one in clients/js, which follows the same rules (docs/protocol.md).
 //
@@ -26,6 +35,13 @@ import (
 	"github.com/syncgate/syncgate/sync/protocol"
 )
 
+// awaited is an acknowledged mutation whose log entry (seq) has not reached
+// the server state yet.
+type awaited struct {
+	m   protocol.Mutation
+	seq uint64
+}
+
 // Doc is a replica document.
 type Doc struct {
 	Version uint64
@@ -39,11 +55,13 @@ type Device struct {
 	URL   string // ws://host:port/v1/ws
 	Token string
 
+	user        string // from welcome: with ID, names this device in changes entries
 	mu          sync.Mutex
 	nextMID     uint64
 	wallMs      int64
 	logical     int
-	pending     []protocol.Mutation       // sent or not, until acked
+	pending     []protocol.Mutation       // not acknowledged yet (sent or not)
+	awaiting    []awaited                 // acknowledged, entry not seen yet
 	replica     map[string]map[string]Doc // scope -> "col/id" -> doc
 	checkpoints map[string]uint64
 	scopes      []string
@@ -106,19 +124,13 @@ func (d *Device) enqueue(m protocol.Mutation) {
 	m.HLC = d.hlcLocked()
 	m.Base = d.replica[m.Scope][m.Collection+"/"+m.DocID].Version
 	d.pending = append(d.pending, m)
-	d.applyLocalLocked(m)
 }
 
-// applyLocalLocked is the optimistic local apply: a plain (non-merging)
-// application of the op, which the server's answer later replaces.
-func (d *Device) applyLocalLocked(m protocol.Mutation) {
-	rep := d.replica[m.Scope]
-	if rep == nil {
-		rep = map[string]Doc{}
-		d.replica[m.Scope] = rep
-	}
+// applyLocal is the optimistic local apply onto a view: a plain
+// (non-merging) application of the op, which the server's answer replaces.
+func applyLocal(view map[string]Doc, m protocol.Mutation) {
 	key := m.Collection + "/" + m.DocID
-	doc := rep[key]
+	doc := view[key]
 	state := maps.Clone(doc.State)
 	if state == nil || doc.Deleted {
 		state = map[string]any{}
@@ -127,7 +139,7 @@ func (d *Device) applyLocalLocked(m protocol.Mutation) {
 	case conflict.Put:
 		state = maps.Clone(m.Data)
 	case conflict.Delete:
-		rep[key] = Doc{Version: doc.Version, Deleted: true}
+		view[key] = Doc{Version: doc.Version, Deleted: true}
 		return
 	case conflict.Patch:
 		maps.Copy(state, m.Set)
@@ -139,7 +151,28 @@ func (d *Device) applyLocalLocked(m protocol.Mutation) {
 			state[f] = n + v
 		}
 	}
-	rep[key] = Doc{Version: doc.Version, State: state}
+	view[key] = Doc{Version: doc.Version, State: state}
+}
+
+// viewLocked is the server state of scope with the device's own
+// not-yet-included mutations re-applied in order.
+func (d *Device) viewLocked(scope string) map[string]Doc {
+	view := maps.Clone(d.replica[scope])
+	if view == nil {
+		view = map[string]Doc{}
+	}
+	cp := d.checkpoints[scope]
+	for _, a := range d.awaiting {
+		if a.m.Scope == scope && a.seq > cp {
+			applyLocal(view, a.m)
+		}
+	}
+	for _, m := range d.pending {
+		if m.Scope == scope && !d.confirmed[m.ID] {
+			applyLocal(view, m)
+		}
+	}
+	return view
 }
 
 // Pending returns the number of unacknowledged mutations.
@@ -161,7 +194,7 @@ func (d *Device) Replica(scope string) map[string]map[string]any {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	out := map[string]map[string]any{}
-	for k, doc := range d.replica[scope] {
+	for k, doc := range d.viewLocked(scope) {
 		if !doc.Deleted {
 			out[k] = maps.Clone(doc.State)
 		}
@@ -220,6 +253,7 @@ func (d *Device) Connect(ctx context.Context) (*protocol.Welcome, error) {
 		return nil, fmt.Errorf("client: expected welcome, got %s", raw)
 	}
 	d.mu.Lock()
+	d.user = w.User
 	if w.LastMutation > d.nextMID {
 		d.nextMID = w.LastMutation // the queue was lost: continue above the server's mark
 	}
@@ -242,11 +276,6 @@ func (d *Device) reset(scope string) {
 	defer d.mu.Unlock()
 	d.replica[scope] = map[string]Doc{}
 	d.checkpoints[scope] = 0
-	for _, m := range d.pending {
-		if m.Scope == scope && !d.confirmed[m.ID] {
-			d.applyLocalLocked(m)
-		}
-	}
 }
 
 // Disconnect closes the socket (the device goes offline).
@@ -326,19 +355,32 @@ func (d *Device) dropAckedLocked(results []protocol.Result) {
 	d.pending = kept
 }
 
-// settleLocked folds an ack into the replica: the server's resolved state
-// replaces the local guess; the version moves forward.
+// settleLocked folds an ack in. An applied or merged mutation whose entry
+// is not in the server state yet stays in the view until the checkpoint
+// passes its seq; a merged result's resolved state replaces the local
+// guess; a conflict or rejection simply leaves the view.
 func (d *Device) settleLocked(m protocol.Mutation, r protocol.Result) {
-	rep := d.replica[m.Scope]
-	key := m.Collection + "/" + m.DocID
-	doc := rep[key]
-	if r.Version > doc.Version {
-		doc.Version = r.Version
+	if r.Outcome != "applied" && r.Outcome != "merged" {
+		return
 	}
 	if r.State != nil || r.Deleted {
-		doc.State, doc.Deleted = r.State, r.Deleted
+		m = protocol.Mutation{Scope: m.Scope, Collection: m.Collection, DocID: m.DocID, Op: conflict.Put, Data: r.State}
+		if r.Deleted {
+			m.Op, m.Data = conflict.Delete, nil
+		}
 	}
-	rep[key] = doc
+	if r.Seq == 0 {
+		// Nothing was written: the resolved state is the server state at r.Version.
+		rep := d.replica[m.Scope]
+		key := m.Collection + "/" + m.DocID
+		if r.Version >= rep[key].Version && (r.State != nil || r.Deleted) {
+			rep[key] = Doc{Version: r.Version, State: r.State, Deleted: r.Deleted}
+		}
+		return
+	}
+	if r.Seq > d.checkpoints[m.Scope] && !d.confirmed[m.ID] {
+		d.awaiting = append(d.awaiting, awaited{m: m, seq: r.Seq})
+	}
 }
 
 // PushRaw sends one push and waits for its ack.
@@ -408,7 +450,7 @@ func (d *Device) apply(c *protocol.Changes) bool {
 		d.replica[c.Scope] = rep
 	}
 	for _, e := range c.Entries {
-		if e.Device == d.ID {
+		if e.User == d.user && e.Device == d.ID {
 			d.confirmed[e.MutationID] = true // in the server state now: never re-apply it
 		}
 		if e.Seq <= cp {
@@ -421,18 +463,13 @@ func (d *Device) apply(c *protocol.Changes) bool {
 		rep[key] = Doc{Version: e.Version, State: e.State, Deleted: e.Deleted}
 	}
 	d.checkpoints[c.Scope] = c.To
-	// Rebase: pending local mutations that the server state does not yet
-	// include stay applied on top of it.
-	for _, m := range d.pending {
-		if m.Scope == c.Scope && !d.confirmed[m.ID] {
-			for _, e := range c.Entries {
-				if e.Collection == m.Collection && e.DocID == m.DocID {
-					d.applyLocalLocked(m)
-					break
-				}
-			}
+	kept := d.awaiting[:0]
+	for _, a := range d.awaiting {
+		if a.m.Scope != c.Scope || a.seq > c.To {
+			kept = append(kept, a)
 		}
 	}
+	d.awaiting = kept
 	return true
 }
 

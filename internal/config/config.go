@@ -1,6 +1,8 @@
 package config
 
 import (
+	"github.com/syncgate/syncgate/conflict"
+
 	"io"
 	"log/slog"
 	"os"
@@ -50,6 +52,13 @@ type Config struct {
 	Limits  Limits  `yaml:"limits"`
 	Timing  Timing  `yaml:"timing"`
 	History History `yaml:"history"`
+	// Collections sets the conflict rule of each collection, with per-field
+	// overrides; "*" is the default for every other collection. Empty (the
+	// default) means last-writer-wins per field for every collection. When
+	// it is set without "*", other collections are refused with
+	// unknown_collection. File only. See docs/conflicts.md and
+	// examples/collections.yaml.
+	Collections map[string]conflict.CollectionConfig `yaml:"collections"`
 }
 
 // Auth configures how client JWTs are verified.
@@ -219,6 +228,7 @@ func Default() Config {
 			CompactEvery: time.Hour,
 			ReceiptTTL:   24 * time.Hour,
 		},
+		Collections: map[string]conflict.CollectionConfig{},
 	}
 }
 

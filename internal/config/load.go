@@ -184,6 +184,14 @@ func checkTree(file string, n *yaml.Node, t reflect.Type, prefix string) []error
 		}
 	case n.Kind == yaml.AliasNode:
 		errs = append(errs, checkTree(file, n.Alias, t, prefix)...)
+	case n.Kind == yaml.MappingNode && t.Kind() == reflect.Map && t.Key().Kind() == reflect.String &&
+		(t.Elem().Kind() == reflect.Struct || t.Elem().Kind() == reflect.Map):
+		// A map of sections (collections: name -> settings): check each value
+		// as its own section, so an unknown key inside one is named.
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			errs = append(errs, checkTree(file, v, t.Elem(), joinPath(prefix, k.Value))...)
+		}
 	case t.Kind() != reflect.Struct && t.Kind() != reflect.Slice || isDuration(t):
 		// A leaf: decode it alone to name the key in a type error.
 		if err := n.Decode(reflect.New(t).Interface()); err != nil {

@@ -17,6 +17,7 @@ type entryInfo struct {
 	Seq        uint64            `json:"seq"`
 	Collection string            `json:"col"`
 	DocID      string            `json:"id"`
+	Version    uint64            `json:"version"`
 	Deleted    bool              `json:"deleted"`
 	Device     storage.DeviceRef `json:"device"`
 	MutationID uint64            `json:"mid"`
@@ -31,14 +32,16 @@ const (
 	purge            // the document's latest entry is an expired tombstone
 )
 
-// decide is the whole compaction rule. ref is the document's latest entry,
-// nil when a purged tombstone removed the document, which supersedes every
-// older entry of it.
+// decide is the whole compaction rule. ref is the document's docs ref: its
+// latest entry, or a marker (seq 0) left by a purged tombstone, which
+// supersedes every entry of the document still in the log. (nil, a
+// document without a ref, is what a schema 1 store left after a purge, and
+// counts as a marker.)
 func decide(e entryInfo, ref *docRef, head uint64, olderThan time.Time) action {
 	switch {
 	case e.Seq == head, !e.Committed.Before(olderThan):
 		return keep // the head keeps seqs from being reused
-	case ref == nil || ref.seq > e.Seq:
+	case ref == nil || ref.seq == 0 || ref.seq > e.Seq:
 		return supersede
 	case ref.seq == e.Seq && e.Deleted:
 		return purge
@@ -48,9 +51,10 @@ func decide(e entryInfo, ref *docRef, head uint64, olderThan time.Time) action {
 
 // Compact deletes entries of scope committed before olderThan that a newer
 // entry of the same document supersedes, and tombstones that are their
-// document's latest entry (removing the document and raising the horizon
-// to the tombstone's seq). The head entry is never deleted. Mutation-index
-// keys of deleted entries go with them.
+// document's latest entry (replacing the document's docs ref by a marker
+// of the tombstone's version, and raising the horizon to the tombstone's
+// seq). The head entry is never deleted. Mutation-index and chain keys of
+// deleted entries go with them.
 //
 // The pass scans chunks of keys in read transactions, which never block
 // writers, and deletes each chunk's candidates in one short write
@@ -133,7 +137,7 @@ func (s *Store) compactApply(ctx context.Context, scope string, candidates []uin
 		if sc == nil {
 			return nil // scope buckets are never deleted; defensive
 		}
-		log, docs := sc.Bucket([]byte(bucketLog)), sc.Bucket([]byte(bucketDocs))
+		log, docs, chain := sc.Bucket([]byte(bucketLog)), sc.Bucket([]byte(bucketDocs)), sc.Bucket([]byte(bucketChain))
 		muts := tx.Bucket([]byte(bucketMutations))
 		head := lastSeq(log)
 		h, err := horizon(sc)
@@ -160,8 +164,13 @@ func (s *Store) compactApply(ctx context.Context, scope string, candidates []uin
 			if err := unindexMutation(muts, e, scope); err != nil {
 				return err
 			}
+			if err := chain.Delete(k); err != nil {
+				return err
+			}
 			if act == purge {
-				if err := docs.Delete(docKey(e.Collection, e.DocID)); err != nil {
+				// A marker, not a deletion: the document's next entry
+				// must still be version e.Version+1.
+				if err := docs.Put(docKey(e.Collection, e.DocID), encodeDocRef(docRef{version: e.Version})); err != nil {
 					return err
 				}
 				newHorizon = max(newHorizon, e.Seq)

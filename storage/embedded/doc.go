@@ -9,8 +9,9 @@
 // storage.ErrNotFound and storage.ErrClosed come wrapped, while a lost race
 // in Commit is returned as a bare *storage.CommitError.
 //
-// Commit stamps Entry.Committed and Receipt.Created with Options.Now when
-// the caller left them zero, and never modifies the caller's batch. An entry
+// Commit stamps Entry.Committed, Receipt.Created, ConflictRecord.Created
+// and the Closed of a closed conflict record with Options.Now when the
+// caller left them zero, and never modifies the caller's batch. An entry
 // whose MutationID is 0 is not a device's mutation (a server-made change)
 // and is not checked against, or added to, the mutation index.
 //
@@ -23,12 +24,14 @@
 //     ExpireReceipts queue behind one another. Each write ends with an
 //     fsync, so an acknowledged write survives a crash; a write with nothing
 //     to change is rolled back and costs no fsync.
-//   - Head, Horizon, Latest, Read, Scopes, Receipt and Device never wait for
-//     writers.
+//   - Head, Horizon, Latest, Version, Read, Scopes, Receipt, Device,
+//     Conflict and ListConflicts never wait for writers.
 //   - Compact scans in read transactions and deletes each chunk of at most
 //     1000 keys in its own short write transaction; ExpireReceipts deletes in
-//     write transactions of at most 1000 receipts. Housekeeping therefore
-//     delays a Commit by at most one chunk, never by a whole pass.
+//     write transactions of at most 1000 receipts; AgeConflicts abandons or
+//     deletes at most 1000 records (and visits at most 1000 scopes) per
+//     write transaction. Housekeeping therefore delays a Commit by at most
+//     one chunk, never by a whole pass.
 //   - When the file grows, bbolt remaps it, and the writer doing so waits
 //     for the read transactions in flight. Reads are short (Read is bounded
 //     by its limit), so this wait is short too.
@@ -42,14 +45,19 @@
 // no byte in an id can make two keys collide. Numbers are 8-byte big-endian,
 // so that bbolt's byte order is numeric order.
 //
-//	meta                       "schema" -> 1
+//	meta                       "schema" -> 2
 //	scopes/<scope>/log         seq -> JSON storage.Entry (the source of truth)
 //	scopes/<scope>/docs        len|collection|id -> version|seq of the latest entry
+//	scopes/<scope>/chain       seq -> prev seq|jump seq|jump version (see chain.go)
 //	scopes/<scope>  "horizon"  -> highest seq of a tombstone compaction purged
 //	mutations                  len|user|len|device|mid -> seq|scope
 //	receipts                   len|user|len|device|mid -> JSON storage.Receipt
 //	receipt-age                created|len|user|len|device|mid -> (empty)
 //	devices                    len|user|len|device -> JSON storage.DeviceState
+//	conflicts/<scope>/records  id -> JSON storage.ConflictRecord
+//	conflicts/<scope>/created  created|id -> (empty), every record
+//	conflicts/<scope>/open     created|id -> (empty), open records
+//	conflicts/<scope>/closed   closed|id -> created, closed records
 //
 // The docs bucket is both the (scope, collection, id, version) guard and the
 // index Latest reads through; it points at the log rather than copying the
@@ -60,6 +68,23 @@
 // entry. receipt-age orders receipts by creation so that ExpireReceipts
 // touches only what expires.
 //
+// The chain bucket answers Version: each entry's link points at the entry
+// of its document's previous version and at an older one (skew-binary jump
+// pointers), so finding version v from the latest version L takes
+// O(log(L-v)) reads. It is keyed by seq, so a commit appends to it as to the
+// log; an index ordered by document would dirty a page per document a
+// batch touches. Compaction deletes a link with its entry.
+//
+// Conflict records live apart from the scope buckets, so that records alone
+// do not make a scope, and AgeConflicts visits only scopes that have
+// records (it drops a scope's conflict buckets once its last record goes).
+// The created index gives ListConflicts its (Created, ID) order; the open
+// index serves openOnly listing (every welcome) and abandonment, the
+// closed index deletion, so that neither reads records it leaves alone. A
+// closed key's value is the record's created time, so deletion finds the
+// created key without decoding the record.
+//
 // A scope bucket exists once the scope has an entry, so Scopes lists exactly
-// the scopes with a log.
+// the scopes with a log. Open upgrades a schema 1 file (no chain, no
+// conflicts) by building the chain from the log.
 package embedded

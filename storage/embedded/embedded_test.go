@@ -62,9 +62,11 @@ func TestConformanceSmallChunks(t *testing.T) {
 }
 
 // checkLayout verifies the invariants doc.go describes: docs points at the
-// newest entry of each document in the log; the mutation index holds
-// exactly the log's entries with a mutation id; every receipt has exactly
-// one receipt-age key.
+// newest entry of each document in the log; the chain holds a valid link
+// for exactly the log's entries, and leads from each document's latest
+// entry to each of its older versions; the mutation index holds exactly
+// the log's entries with a mutation id; every receipt has exactly one
+// receipt-age key; the conflict indexes agree with the records.
 func checkLayout(t *testing.T, s *Store) {
 	t.Helper()
 	err := s.db.View(func(tx *bbolt.Tx) error {
@@ -72,6 +74,9 @@ func checkLayout(t *testing.T, s *Store) {
 		err := tx.Bucket([]byte(bucketScopes)).ForEachBucket(func(scope []byte) error {
 			sc := tx.Bucket([]byte(bucketScopes)).Bucket(scope)
 			log, docs := sc.Bucket([]byte(bucketLog)), sc.Bucket([]byte(bucketDocs))
+			if err := checkChain(t, string(scope), log, docs, sc.Bucket([]byte(bucketChain))); err != nil {
+				return err
+			}
 			newest := map[string]uint64{}
 			if err := log.ForEach(func(k, v []byte) error {
 				e, err := decodeEntry(v)
@@ -122,12 +127,15 @@ func checkLayout(t *testing.T, s *Store) {
 		if r, a := receipts.Stats().KeyN, ages.Stats().KeyN; r != a {
 			t.Errorf("%d receipts but %d receipt-age keys", r, a)
 		}
-		return ages.ForEach(func(k, _ []byte) error {
+		if err := ages.ForEach(func(k, _ []byte) error {
 			if receipts.Get(k[timeLen:]) == nil {
 				t.Errorf("receipt-age key without a receipt")
 			}
 			return nil
-		})
+		}); err != nil {
+			return err
+		}
+		return checkConflicts(t, tx)
 	})
 	if err != nil {
 		t.Errorf("checkLayout: %v", err)
@@ -385,4 +393,157 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 			}
 		}
 	}
+}
+
+// checkChain verifies the chain index of one scope against its log.
+func checkChain(t *testing.T, scope string, log, docs, chain *bbolt.Bucket) error {
+	t.Helper()
+	if chain == nil {
+		t.Errorf("%s: no chain bucket", scope)
+		return nil
+	}
+	if l, c := log.Stats().KeyN, chain.Stats().KeyN; l != c {
+		t.Errorf("%s: %d log entries but %d chain keys", scope, l, c)
+	}
+	entryAt := func(seq uint64) (storage.Entry, bool, error) {
+		raw := log.Get(seqKey(seq))
+		if raw == nil {
+			return storage.Entry{}, false, nil
+		}
+		e, err := decodeEntry(raw)
+		return e, true, err
+	}
+	err := log.ForEach(func(k, v []byte) error {
+		e, err := decodeEntry(v)
+		if err != nil {
+			return err
+		}
+		l, ok, err := getLink(chain, e.Seq)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			t.Errorf("%s: seq %d has no chain link", scope, e.Seq)
+			return nil
+		}
+		same := func(seq, version uint64, what string) error {
+			if seq >= e.Seq {
+				t.Errorf("%s: seq %d: %s %d is not older", scope, e.Seq, what, seq)
+				return nil
+			}
+			o, ok, err := entryAt(seq)
+			if err == nil && ok && (o.Collection != e.Collection || o.DocID != e.DocID || o.Version != version) {
+				t.Errorf("%s: seq %d (%s v%d): %s seq %d holds %s v%d, want v%d", scope, e.Seq, e.DocID, e.Version, what, seq, o.DocID, o.Version, version)
+			}
+			return err
+		}
+		switch {
+		case e.Version == 1 && l != (link{}):
+			t.Errorf("%s: seq %d is version 1 but links to %+v", scope, e.Seq, l)
+		case l.jumpVersion >= e.Version || (l.jump == 0) != (l.jumpVersion == 0):
+			t.Errorf("%s: seq %d v%d: bad jump %+v", scope, e.Seq, e.Version, l)
+		}
+		if l.prev != 0 {
+			if err := same(l.prev, e.Version-1, "prev"); err != nil {
+				return err
+			}
+		}
+		if l.jump != 0 {
+			if err := same(l.jump, l.jumpVersion, "jump"); err != nil {
+				return err
+			}
+		}
+		// Links never change once written, so while the links newLink
+		// read still exist it must build the same one again.
+		if _, ok, _ := getLink(chain, l.prev); ok && l.prev != 0 {
+			p, _, _ := getLink(chain, l.prev)
+			if _, ok, _ := getLink(chain, p.jump); ok || p.jump == 0 {
+				if want, err := newLink(chain, l.prev, e.Version-1); err != nil || want != l {
+					t.Errorf("%s: seq %d: link %+v, want %+v (%v)", scope, e.Seq, l, want, err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// From each document's latest entry, every older version still linked
+	// by prev pointers is found.
+	return docs.ForEach(func(k, v []byte) error {
+		latest, err := decodeDocRef(v)
+		if err != nil {
+			return err
+		}
+		for seq, version := latest.seq, latest.version; seq != 0; version-- {
+			if _, ok, _ := entryAt(seq); !ok {
+				break
+			}
+			got, ok, err := findVersion(chain, log, latest, version)
+			if err != nil {
+				return err
+			}
+			if !ok || got != seq {
+				t.Errorf("%s: findVersion(v%d) = %d, %v; want seq %d", scope, version, got, ok, seq)
+			}
+			l, _, _ := getLink(chain, seq)
+			seq = l.prev
+		}
+		return nil
+	})
+}
+
+// checkConflicts verifies that each scope's conflict indexes hold exactly
+// the keys its records imply, and that no scope is left without records.
+func checkConflicts(t *testing.T, tx *bbolt.Tx) error {
+	t.Helper()
+	root := tx.Bucket([]byte(bucketConflicts))
+	return root.ForEachBucket(func(scope []byte) error {
+		b, ok := subBuckets(root.Bucket(scope))
+		if !ok {
+			t.Errorf("conflicts of %s: missing buckets", scope)
+			return nil
+		}
+		want := map[string]map[string]string{bucketCreated: {}, bucketOpen: {}, bucketClosed: {}}
+		err := b.records.ForEach(func(k, v []byte) error {
+			c, err := decodeConflict(v)
+			if err != nil {
+				return err
+			}
+			if c.ID != string(k) || c.Scope != string(scope) || !c.Status.Valid() || c.Created.IsZero() {
+				t.Errorf("conflicts of %s: key %q holds %+v", scope, k, c)
+			}
+			open := c.Status == storage.ConflictOpen
+			if open == !c.Closed.IsZero() {
+				t.Errorf("conflicts of %s: %q is %s with Closed %s", scope, k, c.Status, c.Closed)
+			}
+			ik := keysOf(c.ID, open, c.Created, c.Closed)
+			want[bucketCreated][string(ik.created)] = ""
+			if open {
+				want[bucketOpen][string(ik.status)] = string(ik.statusValue)
+			} else {
+				want[bucketClosed][string(ik.status)] = string(ik.statusValue)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if len(want[bucketCreated]) == 0 {
+			t.Errorf("conflicts of %s: buckets without records", scope)
+		}
+		for name, bk := range map[string]*bbolt.Bucket{bucketCreated: b.created, bucketOpen: b.open, bucketClosed: b.closed} {
+			got := map[string]string{}
+			if err := bk.ForEach(func(k, v []byte) error {
+				got[string(k)] = string(v)
+				return nil
+			}); err != nil {
+				return err
+			}
+			if !maps.Equal(got, want[name]) {
+				t.Errorf("conflicts of %s: %s index has %d keys, want %d matching the records", scope, name, len(got), len(want[name]))
+			}
+		}
+		return nil
+	})
 }

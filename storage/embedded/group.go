@@ -59,26 +59,49 @@ func (g *groupCommit) do(fn func(*bolt.Tx) error) error {
 	g.queue = nil
 	g.mu.Unlock()
 
+	// Leadership passes on even if run panics, or every later commit
+	// would wait forever for a leader that is gone.
+	defer func() {
+		g.mu.Lock()
+		if len(g.queue) > 0 {
+			close(g.queue[0].lead)
+		} else {
+			g.busy = false
+		}
+		g.mu.Unlock()
+	}()
 	g.run(batch)
-
-	g.mu.Lock()
-	if len(g.queue) > 0 {
-		close(g.queue[0].lead)
-	} else {
-		g.busy = false
-	}
-	g.mu.Unlock()
 	return r.err
 }
 
-var errMemberFailed = errors.New("embedded: group commit member failed")
+var (
+	errMemberFailed = errors.New("embedded: group commit member failed")
+	errAborted      = errors.New("embedded: commit aborted by a panic in its group")
+)
 
+// run executes a batch. Every member gets an outcome even if a member (or
+// bbolt) panics: then every member gets errAborted — never a nil error for
+// a transaction that did not commit — and the panic continues in the leader
+// after they are released. (A member that had already committed alone in
+// the rerun loop is reported aborted too; that is safe, because the engine
+// treats it as retryable and the retry is answered as a replay.)
 func (g *groupCommit) run(batch []*commitReq) {
+	settled := false
 	defer func() {
+		if !settled {
+			for _, r := range batch {
+				r.err = errAborted
+			}
+		}
 		for _, r := range batch {
 			close(r.done)
 		}
 	}()
+	g.execute(batch)
+	settled = true
+}
+
+func (g *groupCommit) execute(batch []*commitReq) {
 	if len(batch) == 1 {
 		batch[0].err = g.db.Update(batch[0].fn)
 		return

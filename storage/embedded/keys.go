@@ -17,21 +17,30 @@ const (
 	bucketScopes     = "scopes"      // scope name -> per-scope bucket
 	bucketLog        = "log"         // (in a scope) BE seq -> JSON storage.Entry
 	bucketDocs       = "docs"        // (in a scope) docKey -> BE version | BE seq of the latest entry
+	bucketChain      = "chain"       // (in a scope) BE seq -> link: how to reach the document's older versions
 	bucketMutations  = "mutations"   // mutKey -> BE seq | scope
 	bucketReceipts   = "receipts"    // mutKey -> JSON storage.Receipt
 	bucketReceiptAge = "receipt-age" // timeKey(Created) | mutKey -> empty
 	bucketDevices    = "devices"     // devKey -> JSON storage.DeviceState
+	bucketConflicts  = "conflicts"   // scope name -> per-scope conflict buckets:
+	bucketRecords    = "records"     //   conflict id -> JSON storage.ConflictRecord
+	bucketCreated    = "created"     //   timeKey(Created) | id -> empty (every record)
+	bucketOpen       = "open"        //   timeKey(Created) | id -> empty (open records)
+	bucketClosed     = "closed"      //   timeKey(Closed) | id -> timeKey(Created) (closed records)
 
 	keySchema  = "schema"  // in meta
 	keyHorizon = "horizon" // in a scope bucket: BE uint64
 
-	schemaVersion = 1
+	// schemaVersion 2 added the chain index (and the conflicts buckets);
+	// Open migrates a version 1 file.
+	schemaVersion = 2
 )
 
 const (
 	seqLen  = 8
 	timeLen = 12 // 8 bytes of sign-flipped Unix seconds, 4 of nanoseconds
 	docLen  = 16 // docs value: BE version, BE seq
+	linkLen = 24 // chain value: BE prev seq, BE jump seq, BE jump version
 )
 
 func u64(v uint64) []byte {
@@ -107,6 +116,12 @@ func decodeMutRef(v []byte) (mutRef, error) {
 		return mutRef{}, errors.New("corrupt mutation index value")
 	}
 	return mutRef{seq: seqOf(v), scope: string(v[seqLen:])}, nil
+}
+
+// conflictKey is a key of the conflict indexes: records of a scope in
+// (time, id) order.
+func conflictKey(t time.Time, id string) []byte {
+	return append(timeKey(t), id...)
 }
 
 // timeKey encodes t so that byte order is time order over the whole range

@@ -23,15 +23,18 @@ const logFillPercent = 0.9
 
 // Commit inserts b.Entries in order inside one bbolt transaction (one
 // fsync). Entry i is rejected when its seq is not head+1 (TakenSeq), when
-// its version is not the document's latest version + 1, or 1 for a
-// document with no entry (TakenVersion), or when its (device, mutation id)
+// its version is not the document's latest version + 1 (a purged
+// document's marker counts as its latest version), or 1 for a document
+// that never had an entry (TakenVersion), or when its (device, mutation id)
 // is already indexed (TakenMutation); the guards are checked in that order.
 // Entries before the rejected one stay committed and Commit returns their
-// count and a bare *storage.CommitError. Receipts and the device's
-// LastMutationID (which only moves forward) are written in the same
-// transaction, and only when every entry committed.
+// count and a bare *storage.CommitError. Receipts, conflict records and the
+// device's LastMutationID (which only moves forward) are written in the
+// same transaction, and only when every entry committed (or the batch has
+// none).
 //
-// Committed and Created are stamped with Options.Now when zero. An entry
+// Committed and Created are stamped with Options.Now when zero, and so is
+// the Closed of a closed conflict record. An entry
 // with MutationID 0 is not a device's mutation and is not indexed.
 // Malformed batches (entries of another scope, non-contiguous seqs, a seq
 // past head+1 that would leave a gap) are refused with a plain error and
@@ -40,7 +43,7 @@ func (s *Store) Commit(ctx context.Context, b *storage.Batch) (int, error) {
 	if err := validateBatch(b); err != nil {
 		return 0, fmt.Errorf("embedded: commit: %w", err)
 	}
-	if len(b.Entries) == 0 && len(b.Receipts) == 0 && b.LastMutationID == 0 {
+	if len(b.Entries) == 0 && len(b.Receipts) == 0 && len(b.Conflicts) == 0 && b.LastMutationID == 0 {
 		return 0, s.begin(ctx, "commit") // nothing to write
 	}
 	// Encoding happens before the write lock is taken, so concurrent
@@ -51,6 +54,10 @@ func (s *Store) Commit(ctx context.Context, b *storage.Batch) (int, error) {
 		return 0, fmt.Errorf("embedded: commit: %w", err)
 	}
 	receipts, err := encodeReceipts(b.Receipts, now)
+	if err != nil {
+		return 0, fmt.Errorf("embedded: commit: %w", err)
+	}
+	conflicts, err := encodeConflicts(b.Conflicts, now)
 	if err != nil {
 		return 0, fmt.Errorf("embedded: commit: %w", err)
 	}
@@ -75,7 +82,7 @@ func (s *Store) Commit(ctx context.Context, b *storage.Batch) (int, error) {
 				return nil // keep the prefix; receipts wait for a full win
 			}
 		}
-		return writeProgress(tx, b, receipts)
+		return writeProgress(tx, b, receipts, conflicts)
 	}))
 	if err != nil && !errors.Is(err, errRollback) {
 		return 0, err
@@ -98,6 +105,18 @@ func validateBatch(b *storage.Batch) error {
 	for i, r := range b.Receipts {
 		if r.Device == (storage.DeviceRef{}) {
 			return fmt.Errorf("receipt %d has no device", i)
+		}
+	}
+	for i, c := range b.Conflicts {
+		switch {
+		case c.ID == "":
+			return fmt.Errorf("conflict %d has no id", i)
+		case c.Scope == "" || c.Scope != b.Scope:
+			return fmt.Errorf("conflict %d: scope %q in a batch of scope %q", i, c.Scope, b.Scope)
+		case !c.Status.Valid():
+			return fmt.Errorf("conflict %d: unknown status %q", i, c.Status)
+		case c.Status == storage.ConflictOpen && !c.Closed.IsZero():
+			return fmt.Errorf("conflict %d: open but Closed is set", i)
 		}
 	}
 	if len(b.Entries) == 0 {
@@ -148,9 +167,12 @@ func insertEntries(tx *bolt.Tx, b *storage.Batch, values [][]byte) (int, *storag
 	// win: a commit whose first entry loses writes nothing, so it can share
 	// a group transaction (see group.go) and leaves no empty scope behind.
 	scopes := tx.Bucket([]byte(bucketScopes))
-	var log, docs *bolt.Bucket
+	var log, docs, chain *bolt.Bucket
 	if sc := scopes.Bucket([]byte(b.Scope)); sc != nil {
-		log, docs = sc.Bucket([]byte(bucketLog)), sc.Bucket([]byte(bucketDocs))
+		log, docs, chain = sc.Bucket([]byte(bucketLog)), sc.Bucket([]byte(bucketDocs)), sc.Bucket([]byte(bucketChain))
+		if log == nil || docs == nil || chain == nil {
+			return 0, nil, fmt.Errorf("scope %q lacks a log, docs or chain bucket", b.Scope)
+		}
 	}
 	muts := tx.Bucket([]byte(bucketMutations))
 	var head uint64
@@ -165,14 +187,14 @@ func insertEntries(tx *bolt.Tx, b *storage.Batch, values [][]byte) (int, *storag
 			return i, nil, fmt.Errorf("entry %d: seq %d would leave a gap after head %d", i, e.Seq, head)
 		}
 		dk := docKey(e.Collection, e.DocID)
-		var latest uint64
+		var latest docRef
 		if docs != nil {
 			var err error
-			if latest, err = docVersion(docs, dk); err != nil {
+			if latest, err = docLatest(docs, dk); err != nil {
 				return i, nil, err
 			}
 		}
-		if e.Version != latest+1 {
+		if e.Version != latest.version+1 {
 			return i, &storage.CommitError{Index: i, Taken: storage.TakenVersion}, nil
 		}
 		var mk []byte
@@ -184,7 +206,7 @@ func insertEntries(tx *bolt.Tx, b *storage.Batch, values [][]byte) (int, *storag
 		}
 		if log == nil {
 			var err error
-			if log, docs, err = createScope(scopes, b.Scope); err != nil {
+			if log, docs, chain, err = createScope(scopes, b.Scope); err != nil {
 				return i, nil, err
 			}
 		}
@@ -192,6 +214,14 @@ func insertEntries(tx *bolt.Tx, b *storage.Batch, values [][]byte) (int, *storag
 			return i, nil, err
 		}
 		if err := docs.Put(dk, encodeDocRef(docRef{version: e.Version, seq: e.Seq})); err != nil {
+			return i, nil, err
+		}
+		// After a marker (seq 0) the entry starts a new life: no link back.
+		l, err := newLink(chain, latest.seq, latest.version)
+		if err != nil {
+			return i, nil, err
+		}
+		if err := chain.Put(seqKey(e.Seq), encodeLink(l)); err != nil {
 			return i, nil, err
 		}
 		if mk != nil {
@@ -204,36 +234,47 @@ func insertEntries(tx *bolt.Tx, b *storage.Batch, values [][]byte) (int, *storag
 	return len(b.Entries), nil, nil
 }
 
-func createScope(scopes *bolt.Bucket, scope string) (log, docs *bolt.Bucket, err error) {
+func createScope(scopes *bolt.Bucket, scope string) (log, docs, chain *bolt.Bucket, err error) {
 	sc, err := scopes.CreateBucketIfNotExists([]byte(scope))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if log, err = sc.CreateBucketIfNotExists([]byte(bucketLog)); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	log.FillPercent = logFillPercent
 	if docs, err = sc.CreateBucketIfNotExists([]byte(bucketDocs)); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return log, docs, nil
+	if chain, err = sc.CreateBucketIfNotExists([]byte(bucketChain)); err != nil {
+		return nil, nil, nil, err
+	}
+	chain.FillPercent = logFillPercent // keyed by seq: appends only
+	return log, docs, chain, nil
 }
 
-// docVersion is the latest version of a document, 0 when it has no entry.
-func docVersion(docs *bolt.Bucket, dk []byte) (uint64, error) {
+// docLatest is the version and seq of a document's latest entry; seq 0 for
+// a marker (a purged document, see Compact), and zero when the document
+// never had an entry.
+func docLatest(docs *bolt.Bucket, dk []byte) (docRef, error) {
 	v := docs.Get(dk)
 	if v == nil {
-		return 0, nil
+		return docRef{}, nil
 	}
-	ref, err := decodeDocRef(v)
-	return ref.version, err
+	return decodeDocRef(v)
 }
 
 // writeProgress stores what becomes durable only with a fully committed
-// batch: the receipts and the device's high-water mark.
-func writeProgress(tx *bolt.Tx, b *storage.Batch, receipts []encodedReceipt) error {
+// batch: the receipts, the conflict records and the device's high-water
+// mark.
+func writeProgress(tx *bolt.Tx, b *storage.Batch, receipts []encodedReceipt, conflicts []encodedConflict) error {
 	for _, r := range receipts {
 		if err := putReceipt(tx, r); err != nil {
+			return err
+		}
+	}
+	for _, c := range conflicts {
+		if err := putConflict(tx, b.Scope, c); err != nil {
 			return err
 		}
 	}
@@ -306,8 +347,9 @@ func (s *Store) Horizon(ctx context.Context, scope string) (uint64, error) {
 	return h, err
 }
 
-// Latest returns the newest entry of a document, or storage.ErrNotFound
-// (also after compaction purged the document's tombstone).
+// Latest returns the newest entry of a document, a marker (Seq 0, Deleted,
+// the purged version) when compaction purged its tombstone, or
+// storage.ErrNotFound when it never had an entry.
 func (s *Store) Latest(ctx context.Context, scope, collection, id string) (storage.Entry, error) {
 	var e storage.Entry
 	err := s.view(ctx, "latest", func(tx *bolt.Tx) error {
@@ -323,12 +365,53 @@ func (s *Store) Latest(ctx context.Context, scope, collection, id string) (stora
 		if err != nil {
 			return err
 		}
+		if ref.seq == 0 {
+			e = storage.Entry{Scope: scope, Collection: collection, DocID: id, Version: ref.version, Deleted: true}
+			return nil
+		}
 		raw := scopeSub(tx, scope, bucketLog).Get(seqKey(ref.seq))
 		if raw == nil {
 			return fmt.Errorf("docs points at missing seq %d", ref.seq)
 		}
 		e, err = decodeEntry(raw)
 		return err
+	})
+	return e, err
+}
+
+// Version returns the entry that gave a document the given version, or
+// storage.ErrNotFound when there is none (never written, or compacted
+// away). It walks the chain index back from the document's latest entry
+// (see chain.go). The chain does not cross a purge: the first entry after
+// a marker links to nothing, and every version up to the marker's was
+// purged or superseded by the purged tombstone, so there is nothing to
+// find there anyway.
+func (s *Store) Version(ctx context.Context, scope, collection, id string, version uint64) (storage.Entry, error) {
+	var e storage.Entry
+	err := s.view(ctx, "version", func(tx *bolt.Tx) error {
+		sc := scopeBucket(tx, scope)
+		if sc == nil {
+			return storage.ErrNotFound
+		}
+		log, docs, chain := sc.Bucket([]byte(bucketLog)), sc.Bucket([]byte(bucketDocs)), sc.Bucket([]byte(bucketChain))
+		latest, err := docLatest(docs, docKey(collection, id))
+		if err != nil {
+			return err
+		}
+		seq, ok, err := findVersion(chain, log, latest, version)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return storage.ErrNotFound
+		}
+		if e, err = decodeEntry(log.Get(seqKey(seq))); err != nil {
+			return err
+		}
+		if e.Collection != collection || e.DocID != id || e.Version != version {
+			return fmt.Errorf("chain leads to seq %d, which holds %s/%s v%d", seq, e.Collection, e.DocID, e.Version)
+		}
+		return nil
 	})
 	return e, err
 }

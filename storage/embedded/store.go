@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -67,7 +68,16 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded: open %s: %w", path, err)
 	}
-	if err := db.Update(initSchema); err != nil {
+	var found uint64
+	err = db.Update(func(tx *bolt.Tx) error {
+		var err error
+		found, err = initSchema(tx)
+		return err
+	})
+	if err == nil && found == 1 {
+		err = migrateV1(db)
+	}
+	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("embedded: open %s: %w", path, err)
 	}
@@ -95,22 +105,89 @@ func boltOptions() *bolt.Options {
 }
 
 // initSchema creates the top-level buckets and refuses files written by an
-// unknown layout, which would otherwise be misread silently.
-func initSchema(tx *bolt.Tx) error {
-	for _, name := range []string{bucketMeta, bucketScopes, bucketMutations, bucketReceipts, bucketReceiptAge, bucketDevices} {
+// unknown layout, which would otherwise be misread silently. It returns the
+// schema version the file had (schemaVersion for a new file); version 1
+// is accepted, for migrateV1 to upgrade.
+func initSchema(tx *bolt.Tx) (uint64, error) {
+	for _, name := range []string{bucketMeta, bucketScopes, bucketMutations, bucketReceipts, bucketReceiptAge, bucketDevices, bucketConflicts} {
 		if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	meta := tx.Bucket([]byte(bucketMeta))
 	v := meta.Get([]byte(keySchema))
 	if v == nil {
-		return meta.Put([]byte(keySchema), u64(schemaVersion))
+		return schemaVersion, meta.Put([]byte(keySchema), u64(schemaVersion))
 	}
-	if len(v) != 8 || seqOf(v) != schemaVersion {
-		return fmt.Errorf("unsupported schema version %x (want %d)", v, schemaVersion)
+	if len(v) != 8 || (seqOf(v) != schemaVersion && seqOf(v) != 1) {
+		return 0, fmt.Errorf("unsupported schema version %x (want %d)", v, schemaVersion)
 	}
-	return nil
+	return seqOf(v), nil
+}
+
+// migrateChunk is how many log entries one migration transaction indexes.
+const migrateChunk = 10_000
+
+// migrateV1 upgrades a version 1 file: it builds each scope's chain index
+// from its log, in transactions of migrateChunk entries, then records
+// version 2. Interrupted, it simply runs again at the next Open (it
+// rewrites the same links). An entry whose previous version was already
+// compacted gets no parent, which is what the chain would have lost anyway.
+func migrateV1(db *bolt.DB) error {
+	var scopes []string
+	if err := db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte(bucketScopes)).ForEachBucket(func(k []byte) error {
+			scopes = append(scopes, string(k))
+			return nil
+		})
+	}); err != nil {
+		return err
+	}
+	for _, scope := range scopes {
+		latest := map[string]docRef{} // per document, in the log read so far
+		for from := uint64(1); from != 0; {
+			err := db.Update(func(tx *bolt.Tx) error {
+				sc := tx.Bucket([]byte(bucketScopes)).Bucket([]byte(scope))
+				log := sc.Bucket([]byte(bucketLog))
+				chain, err := sc.CreateBucketIfNotExists([]byte(bucketChain))
+				if err != nil || log == nil {
+					return err
+				}
+				chain.FillPercent = logFillPercent
+				c, n := log.Cursor(), 0
+				for k, v := c.Seek(seqKey(from)); k != nil; k, v = c.Next() {
+					if n == migrateChunk {
+						from = seqOf(k)
+						return nil
+					}
+					n++
+					var e entryInfo
+					if err := json.Unmarshal(v, &e); err != nil {
+						return fmt.Errorf("migrate %s seq %d: %w", scope, seqOf(k), err)
+					}
+					dk := string(docKey(e.Collection, e.DocID))
+					var l link
+					if prev := latest[dk]; prev.seq != 0 && prev.version+1 == e.Version {
+						if l, err = newLink(chain, prev.seq, prev.version); err != nil {
+							return err
+						}
+					}
+					if err := chain.Put(seqKey(e.Seq), encodeLink(l)); err != nil {
+						return err
+					}
+					latest[dk] = docRef{version: e.Version, seq: e.Seq}
+				}
+				from = 0
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte(bucketMeta)).Put([]byte(keySchema), u64(schemaVersion))
+	})
 }
 
 // Close closes the file. It waits for transactions in flight; if ctx ends

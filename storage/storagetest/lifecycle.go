@@ -156,13 +156,26 @@ func testContextCanceled(t *testing.T, e *env) {
 	if h := e.head(t, scopeA); h != 0 {
 		t.Errorf("Head = %d after a canceled Commit, want 0", h)
 	}
-	e.commit(t, batch(entry(scopeA, 1, "n1", 1, e.alice, 1)))
+	b := batch(entry(scopeA, 1, "n1", 1, e.alice, 1))
+	b.Conflicts = []storage.ConflictRecord{conflictRec(scopeA, "c1", e.alice, 1)}
+	e.commit(t, b)
 	calls := map[string]func() error{
 		"Head":           func() error { _, err := e.s.Head(ctx, scopeA); return err },
 		"Latest":         func() error { _, err := e.s.Latest(ctx, scopeA, notes, "n1"); return err },
+		"Version":        func() error { _, err := e.s.Version(ctx, scopeA, notes, "n1", 1); return err },
 		"Read":           func() error { _, err := e.s.Read(ctx, scopeA, 0, math.MaxUint64, 10); return err },
 		"Compact":        func() error { _, err := e.s.Compact(ctx, scopeA, e.clock.Now().Add(time.Hour)); return err },
 		"SaveCheckpoint": func() error { return e.s.SaveCheckpoints(ctx, e.alice, map[string]uint64{scopeA: 1}, e.clock.Now()) },
+		"Conflict":       func() error { _, err := e.s.Conflict(ctx, scopeA, "c1"); return err },
+		"ListConflicts":  func() error { _, err := e.s.ListConflicts(ctx, scopeA, false, "", 10); return err },
+		"AgeConflicts": func() error {
+			_, _, err := e.s.AgeConflicts(ctx, e.clock.Now().Add(time.Hour), e.clock.Now().Add(time.Hour))
+			return err
+		},
+		"Commit(conflicts only)": func() error {
+			_, err := e.s.Commit(ctx, conflictsOnly(scopeA, conflictRec(scopeA, "c2", e.alice, 2)))
+			return err
+		},
 	}
 	for name, call := range calls {
 		if err := call(); !errors.Is(err, context.Canceled) {
@@ -194,6 +207,14 @@ func testClosed(t *testing.T, e *env) {
 		"Device":          func() error { _, err := e.s.Device(ctx, e.alice); return err },
 		"SaveCheckpoints": func() error { return e.s.SaveCheckpoints(ctx, e.alice, nil, now) },
 		"ExpireReceipts":  func() error { _, err := e.s.ExpireReceipts(ctx, now); return err },
+		"Version":         func() error { _, err := e.s.Version(ctx, scopeA, notes, "n1", 1); return err },
+		"Conflict":        func() error { _, err := e.s.Conflict(ctx, scopeA, "c1"); return err },
+		"ListConflicts":   func() error { _, err := e.s.ListConflicts(ctx, scopeA, false, "", 10); return err },
+		"AgeConflicts":    func() error { _, _, err := e.s.AgeConflicts(ctx, now, now); return err },
+		"Commit(conflicts only)": func() error {
+			_, err := e.s.Commit(ctx, conflictsOnly(scopeA, conflictRec(scopeA, "c2", e.alice, 2)))
+			return err
+		},
 	}
 	for name, call := range calls {
 		if err := call(); !errors.Is(err, storage.ErrClosed) {

@@ -36,6 +36,14 @@ func testEmptyScope(t *testing.T, e *env) {
 	if n, err := e.s.ExpireReceipts(ctx, e.clock.Now().Add(time.Hour)); n != 0 || err != nil {
 		t.Errorf("ExpireReceipts = %d, %v; want 0, nil", n, err)
 	}
+	e.wantNoVersion(t, scopeA, notes, "n1", 1)
+	e.wantNoConflict(t, scopeA, "c1")
+	if got := e.listConflicts(t, scopeA, false, "", 10); len(got) != 0 {
+		t.Errorf("ListConflicts = %v, want none", conflictIDs(got))
+	}
+	if a, d, err := e.s.AgeConflicts(ctx, e.clock.Now().Add(time.Hour), e.clock.Now().Add(time.Hour)); a != 0 || d != 0 || err != nil {
+		t.Errorf("AgeConflicts = %d, %d, %v; want 0, 0, nil", a, d, err)
+	}
 }
 
 func testCommitSingle(t *testing.T, e *env) {
@@ -245,18 +253,34 @@ func (e *env) latestVersions(t *testing.T, scope string) (uint64, uint64) {
 // whole, never mistaken for a lost race.
 func testCommitInvalid(t *testing.T, e *env) {
 	e.commit(t, batch(entry(scopeA, 1, "n1", 1, e.alice, 1), entry(scopeA, 2, "n2", 1, e.alice, 2)))
+	good := entry(scopeA, 3, "n3", 1, e.alice, 3)
+	badConflict := func(edit func(*storage.ConflictRecord)) []storage.ConflictRecord {
+		c := conflictRec(scopeA, "bad", e.alice, 4)
+		edit(&c)
+		return []storage.ConflictRecord{c}
+	}
 	rows := []struct {
-		name    string
-		entries []storage.Entry
+		name      string
+		entries   []storage.Entry
+		conflicts []storage.ConflictRecord
 	}{
-		{"entry of another scope", []storage.Entry{entry(scopeA, 3, "n3", 1, e.alice, 3), entry(scopeB, 4, "n4", 1, e.alice, 4)}},
-		{"seqs not contiguous", []storage.Entry{entry(scopeA, 3, "n3", 1, e.alice, 3), entry(scopeA, 5, "n4", 1, e.alice, 4)}},
-		{"seqs out of order", []storage.Entry{entry(scopeA, 4, "n3", 1, e.alice, 3), entry(scopeA, 3, "n4", 1, e.alice, 4)}},
-		{"seq past head+1 (a gap)", []storage.Entry{entry(scopeA, 4, "n3", 1, e.alice, 3)}},
+		{"entry of another scope", []storage.Entry{entry(scopeA, 3, "n3", 1, e.alice, 3), entry(scopeB, 4, "n4", 1, e.alice, 4)}, nil},
+		{"seqs not contiguous", []storage.Entry{entry(scopeA, 3, "n3", 1, e.alice, 3), entry(scopeA, 5, "n4", 1, e.alice, 4)}, nil},
+		{"seqs out of order", []storage.Entry{entry(scopeA, 4, "n3", 1, e.alice, 3), entry(scopeA, 3, "n4", 1, e.alice, 4)}, nil},
+		{"seq past head+1 (a gap)", []storage.Entry{entry(scopeA, 4, "n3", 1, e.alice, 3)}, nil},
+		{"conflict of another scope", []storage.Entry{good}, badConflict(func(c *storage.ConflictRecord) { c.Scope = scopeB })},
+		{"conflict without id", []storage.Entry{good}, badConflict(func(c *storage.ConflictRecord) { c.ID = "" })},
+		{"conflict with an unknown status", []storage.Entry{good}, badConflict(func(c *storage.ConflictRecord) { c.Status = "pending" })},
+		{"open conflict with Closed set", []storage.Entry{good}, badConflict(func(c *storage.ConflictRecord) { c.Closed = epoch() })},
+		{"conflict without entries, of another scope", nil, badConflict(func(c *storage.ConflictRecord) { c.Scope = scopeB })},
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
-			n, err := e.s.Commit(context.Background(), batch(r.entries...))
+			b := batch(r.entries...)
+			if b.Conflicts = r.conflicts; len(r.entries) == 0 {
+				b.Scope = scopeA
+			}
+			n, err := e.s.Commit(context.Background(), b)
 			var ce *storage.CommitError
 			if err == nil || errors.As(err, &ce) || n != 0 {
 				t.Fatalf("Commit = %d, %v; want 0 and a plain error", n, err)
@@ -267,6 +291,8 @@ func testCommitInvalid(t *testing.T, e *env) {
 			if h := e.head(t, scopeB); h != 0 {
 				t.Errorf("Head(%s) = %d, want 0", scopeB, h)
 			}
+			e.wantNoConflict(t, scopeA, "bad")
+			e.wantNoConflict(t, scopeB, "bad")
 		})
 	}
 }

@@ -14,10 +14,11 @@
 //	}
 //
 // Besides storage's documented contract, the suite holds stores to two
-// rules the interface leaves implicit: Commit stamps Entry.Committed and
-// Receipt.Created with the store's clock when they are zero (and keeps
-// them otherwise), and an entry with MutationID 0 is not subject to the
-// (device, mutation id) guard.
+// rules the interface leaves implicit: Commit stamps Entry.Committed,
+// Receipt.Created, ConflictRecord.Created and a closed record's
+// ConflictRecord.Closed with the store's clock when they are zero (and
+// keeps them otherwise), and an entry with MutationID 0 is not subject to
+// the (device, mutation id) guard.
 package storagetest
 
 import (
@@ -79,12 +80,18 @@ func Run(t *testing.T, open Opener) {
 		{"ProgressOnlyOnFullCommit", testProgressOnlyOnFullCommit},
 		{"ReceiptRebuiltFromLog", testReceiptRebuiltFromLog},
 		{"Read", testRead},
+		{"Version", testVersion},
 		{"CompactSuperseded", testCompactSuperseded},
 		{"CompactTombstones", testCompactTombstones},
 		{"CompactManyEntries", testCompactManyEntries},
 		{"Scopes", testScopes},
 		{"Devices", testDevices},
 		{"ExpireReceipts", testExpireReceipts},
+		{"ConflictsOnFullCommit", testConflictsOnFullCommit},
+		{"ConflictRewrite", testConflictRewrite},
+		{"ListConflicts", testListConflicts},
+		{"ConflictNotFound", testConflictNotFound},
+		{"AgeConflicts", testAgeConflicts},
 		{"ConcurrentWriters", testConcurrentWriters},
 		{"ContextCanceled", testContextCanceled},
 		{"Closed", testClosed},

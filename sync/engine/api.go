@@ -38,10 +38,12 @@ func cutPrefix(s, prefix string) (string, bool) {
 }
 
 // Notifier receives every commit, in seq order per scope within this
-// process. The engine calls it while holding the scope's lock, so it must
-// not block: enqueue and return.
+// process, and every conflict record that opens or closes. The engine calls
+// it while holding the scope's lock, so it must not block: enqueue and
+// return.
 type Notifier interface {
 	Committed(scope string, c *protocol.Changes)
+	Conflicted(scope string, c *protocol.ConflictMsg)
 }
 
 // Config tunes the engine. The zero value of each field means its default.
@@ -64,12 +66,22 @@ type Config struct {
 	MaxPullLimit int
 	// MaxDocBytes caps the JSON size of a document's state. Default 256 KiB.
 	MaxDocBytes int
+	// MaxPullBytes cuts a pull page once its documents add up to this many
+	// bytes of JSON (a page always holds at least one entry). Default 1 MiB.
+	MaxPullBytes int
 	// MaxClockSkew: a mutation whose HLC is further ahead of the server
 	// clock than this is re-stamped with the server clock, so one device
 	// with a wrong clock cannot win every future LWW race. Default 1m.
 	MaxClockSkew time.Duration
-	// Limits bound names and nesting in mutations.
+	// Limits bound names and nesting in mutations; a collection's own
+	// max_depth (conflict.Collection) overrides Limits.MaxDepth.
 	Limits protocol.Limits
+	// ConflictAbandonAfter: an open conflict record older than this is
+	// marked abandoned. Default 720h (30 days).
+	ConflictAbandonAfter time.Duration
+	// ConflictRetention: resolved and abandoned records are deleted this
+	// long after they closed. Default 168h (7 days).
+	ConflictRetention time.Duration
 	// Now returns the current time. Default time.Now (tests inject a clock).
 	Now func() time.Time
 }
@@ -80,4 +92,7 @@ type OpenResult struct {
 	Scopes       []protocol.ScopeState
 	// Denied holds the requested scopes the principal may not use.
 	Denied map[string]*protocol.Error
+	// Conflicts are the open conflicts of the granted scopes (at most
+	// MaxOpenConflicts per scope, oldest first).
+	Conflicts []protocol.Conflict
 }

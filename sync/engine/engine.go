@@ -30,7 +30,8 @@ type Engine struct {
 	cfg       Config
 	log       *slog.Logger
 	clock     *hlc.Clock
-	scopes    keyedMutex
+	scopes    keyedMutex // one writer per scope in this process
+	devices   keyedMutex // one push per device in this process; taken before a scope lock
 	m         *metrics
 }
 
@@ -68,7 +69,12 @@ func New(cfg Config, o Options) (*Engine, error) {
 
 type nopNotifier struct{}
 
-func (nopNotifier) Committed(string, *protocol.Changes) {}
+func (nopNotifier) Committed(string, *protocol.Changes)      {}
+func (nopNotifier) Conflicted(string, *protocol.ConflictMsg) {}
+
+// MaxOpenConflicts caps the open conflicts of one scope sent in a welcome;
+// the HTTP API lists them all.
+const MaxOpenConflicts = 100
 
 func (c Config) withDefaults() Config {
 	if c.Node == "" {
@@ -97,6 +103,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxDocBytes <= 0 {
 		c.MaxDocBytes = 256 << 10
+	}
+	if c.MaxPullBytes <= 0 {
+		c.MaxPullBytes = 1 << 20
+	}
+	if c.ConflictAbandonAfter <= 0 {
+		c.ConflictAbandonAfter = 30 * 24 * time.Hour
+	}
+	if c.ConflictRetention <= 0 {
+		c.ConflictRetention = 7 * 24 * time.Hour
 	}
 	if c.MaxClockSkew <= 0 {
 		c.MaxClockSkew = time.Minute
@@ -136,6 +151,13 @@ func (e *Engine) Open(ctx context.Context, p Principal, subs []protocol.Subscrip
 		res.Scopes = append(res.Scopes, st)
 		if !st.Reset {
 			checkpoints[s.Scope] = s.Since
+		}
+		open, err := e.store.ListConflicts(ctx, s.Scope, true, "", MaxOpenConflicts)
+		if err != nil {
+			return res, e.storageErr("conflicts", err)
+		}
+		for _, r := range open {
+			res.Conflicts = append(res.Conflicts, ConflictView(r))
 		}
 	}
 	if err := e.store.SaveCheckpoints(ctx, p.Ref(), checkpoints, e.cfg.Now()); err != nil {
@@ -205,8 +227,19 @@ func (e *Engine) Pull(ctx context.Context, p Principal, scope string, since uint
 	if err != nil {
 		return nil, nil, e.storageErr("read", err)
 	}
+	// Compaction may have purged a tombstone in (since, head] between the
+	// reads above: the page would then silently lack a deletion. Re-check
+	// the horizon after reading and answer reset instead.
+	if horizon, err := e.store.Horizon(ctx, scope); err != nil {
+		return nil, nil, e.storageErr("horizon", err)
+	} else if needsReset(since, st.Head, horizon) {
+		e.m.resets.Inc()
+		return nil, &protocol.Reset{Scope: scope, Reason: "checkpoint behind the compaction horizon", Horizon: horizon, Head: st.Head}, nil
+	}
+	read := len(entries)
+	entries = e.capPage(entries)
 	ch := &protocol.Changes{Scope: scope, From: since, To: st.Head, Head: st.Head, Entries: toChanges(entries)}
-	if len(entries) == limit && entries[len(entries)-1].Seq < st.Head {
+	if n := len(entries); n > 0 && entries[n-1].Seq < st.Head && (read == limit || n < read) {
 		ch.To = entries[len(entries)-1].Seq
 		ch.More = true
 	}
@@ -219,13 +252,26 @@ func (e *Engine) Pull(ctx context.Context, p Principal, scope string, since uint
 	return ch, nil, nil
 }
 
+// capPage cuts a page at MaxPullBytes of document state (at least one
+// entry), so a page of large documents cannot exhaust memory.
+func (e *Engine) capPage(entries []storage.Entry) []storage.Entry {
+	total := 0
+	for i, en := range entries {
+		total += docSize(en.State) + 128 // 128: the entry's other fields, roughly
+		if total > e.cfg.MaxPullBytes && i > 0 {
+			return entries[:i]
+		}
+	}
+	return entries
+}
+
 func toChanges(entries []storage.Entry) []protocol.Change {
 	out := make([]protocol.Change, len(entries))
 	for i, en := range entries {
 		out[i] = protocol.Change{
 			Seq: en.Seq, Collection: en.Collection, DocID: en.DocID, Version: en.Version,
 			Op: en.Op, State: en.State, Deleted: en.Deleted,
-			Device: en.Device.Device, MutationID: en.MutationID, HLC: en.HLC.String(),
+			User: en.Device.User, Device: en.Device.Device, MutationID: en.MutationID, HLC: en.HLC.String(),
 		}
 	}
 	return out

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -36,13 +37,20 @@ type harness struct {
 }
 
 type recorder struct {
-	mu      sync.Mutex
-	changes []*protocol.Changes
+	mu        sync.Mutex
+	changes   []*protocol.Changes
+	conflicts []*protocol.ConflictMsg
 }
 
 func (r *recorder) Committed(_ string, c *protocol.Changes) {
 	r.mu.Lock()
 	r.changes = append(r.changes, c)
+	r.mu.Unlock()
+}
+
+func (r *recorder) Conflicted(_ string, c *protocol.ConflictMsg) {
+	r.mu.Lock()
+	r.conflicts = append(r.conflicts, c)
 	r.mu.Unlock()
 }
 
@@ -419,5 +427,205 @@ func TestPullPagingAndAccess(t *testing.T) {
 	var perr *protocol.Error
 	if !errors.As(err, &perr) || perr.Code != protocol.CodeForbiddenScope {
 		t.Fatalf("foreign pull err = %v", err)
+	}
+}
+
+// failingScopeStore fails every commit to one scope.
+type failingScopeStore struct {
+	storage.Store
+	scope string
+}
+
+func (f *failingScopeStore) Commit(ctx context.Context, b *storage.Batch) (int, error) {
+	if b.Scope == f.scope {
+		return 0, errors.New("injected: scope unavailable")
+	}
+	return f.Store.Commit(ctx, b)
+}
+
+// A mutation the server asks the device to resend must still apply when
+// resent: nothing later in the push may be decided past it.
+func TestRetryableFailureStopsThePush(t *testing.T) {
+	clock := newFakeClock()
+	st, err := embedded.Open(context.Background(), t.TempDir()+"/sync.db", embedded.Options{Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close(context.Background())
+	fs := &failingScopeStore{Store: st, scope: "user:alice"}
+	h := newHarnessOn(t, fs, clock, nil)
+	d := newDevice(alice("phone"))
+	first := d.next(put("a", map[string]any{"v": 1.0}))
+	second := d.next(protocol.Mutation{Scope: "space:team", DocID: "b", Op: conflict.Put, Data: map[string]any{"v": 2.0}})
+	res := h.push(d.p, first, second)
+	for i, r := range res {
+		if r.Outcome != storage.Rejected || !r.Code.Retryable() {
+			t.Fatalf("result %d = %+v, want a retryable rejection", i, r)
+		}
+	}
+	fs.scope = "" // storage recovers; the device resends both
+	res = h.push(d.p, first, second)
+	for i, r := range res {
+		if r.Outcome != storage.Applied {
+			t.Fatalf("resent %d = %+v, want applied", i, r)
+		}
+	}
+}
+
+// cancelledReceipts fails receipt lookups as a cancelled request would.
+type cancelledReceipts struct{ storage.Store }
+
+func (cancelledReceipts) Receipt(context.Context, storage.DeviceRef, uint64) (storage.Receipt, error) {
+	return storage.Receipt{}, fmt.Errorf("embedded: receipt: %w", context.Canceled)
+}
+
+func TestCancelledReplayDoesNotPanic(t *testing.T) {
+	h := newHarness(t, nil)
+	d := newDevice(alice("phone"))
+	m := d.next(put("a", map[string]any{"v": 1.0}))
+	h.push(d.p, m)
+	h2 := newHarnessOn(t, cancelledReceipts{h.store}, h.clock, nil)
+	res, err := h2.eng.Push(context.Background(), d.p, []protocol.Mutation{m})
+	if err != nil || res[0].Outcome != storage.Rejected || !res[0].Code.Retryable() {
+		t.Fatalf("interrupted replay = %+v, %v; want a retryable rejection", res, err)
+	}
+}
+
+func TestPullPageByteBudget(t *testing.T) {
+	h := newHarness(t, func(c *engine.Config) { c.MaxPullBytes = 10 << 10 })
+	d := newDevice(alice("phone"))
+	big := strings.Repeat("x", 3<<10)
+	for i := 0; i < 10; i++ {
+		h.push(d.p, d.next(put(fmt.Sprintf("d%d", i), map[string]any{"blob": big})))
+	}
+	ch, _, err := h.eng.Pull(context.Background(), d.p, "user:alice", 0, 100)
+	if err != nil || len(ch.Entries) == 0 || len(ch.Entries) > 3 || !ch.More || ch.To != ch.Entries[len(ch.Entries)-1].Seq {
+		t.Fatalf("page of %d entries, more=%v to=%d, err=%v; want at most 3 (10 KiB budget)", len(ch.Entries), ch.More, ch.To, err)
+	}
+	docs, head := h.pullAll(d.p, "user:alice", 0)
+	if len(docs) != 10 || head != 10 {
+		t.Fatalf("paging under the byte budget lost entries: %d docs, head %d", len(docs), head)
+	}
+}
+
+func newHarnessWith(t testing.TB, cols map[string]conflict.CollectionConfig) *harness {
+	t.Helper()
+	reg, err := conflict.Build(cols, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, nil)
+	eng, err := engine.New(engine.Config{Node: "test", Now: h.clock.Now}, engine.Options{Store: h.store, Resolvers: reg, Notifier: h.seen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.eng = eng
+	return h
+}
+
+func TestManualConflictLifecycle(t *testing.T) {
+	h := newHarnessWith(t, map[string]conflict.CollectionConfig{
+		"user_content": {Resolver: "manual"},
+		"*":            {Resolver: "lww"},
+	})
+	phone, laptop := newDevice(alice("phone")), newDevice(alice("laptop"))
+	laptop.wallMs += 1000 // the laptop's edits come later in time than the phone's first
+	note := func(d *device, base uint64, text string) protocol.Mutation {
+		return d.next(protocol.Mutation{Collection: "user_content", DocID: "n1", Op: conflict.Put, Base: base, Data: map[string]any{"text": text}})
+	}
+	h.push(phone.p, note(phone, 0, "v1"))
+	h.push(laptop.p, note(laptop, 1, "laptop edit")) // sequential: applies
+	mine := note(phone, 1, "phone edit")             // concurrent with the laptop's
+	res := h.push(phone.p, mine)
+	if res[0].Outcome != storage.Conflict || res[0].Conflict == "" || res[0].Version != 2 {
+		t.Fatalf("concurrent manual edit = %+v, want a conflict at version 2", res[0])
+	}
+	id := res[0].Conflict
+	// Nothing was overwritten, the record holds base, mine and theirs, and
+	// every device of the scope was told.
+	latest, _ := h.store.Latest(context.Background(), "user:alice", "user_content", "n1")
+	if latest.State["text"] != "laptop edit" || latest.Version != 2 {
+		t.Fatalf("manual rule overwrote: %+v", latest.State)
+	}
+	rec, err := h.store.Conflict(context.Background(), "user:alice", id)
+	if err != nil || rec.Status != storage.ConflictOpen || rec.BaseState["text"] != "v1" || rec.Theirs["text"] != "laptop edit" || rec.TheirsVersion != 2 {
+		t.Fatalf("record = %+v, %v", rec, err)
+	}
+	if len(h.seen.conflicts) != 1 || h.seen.conflicts[0].Conflict.ID != id {
+		t.Fatalf("conflict announcements: %+v", h.seen.conflicts)
+	}
+	// Replaying the conflicting mutation answers the same conflict, no second record.
+	if again := h.push(phone.p, mine); again[0].Conflict != id || !again[0].Replayed {
+		t.Fatalf("replay = %+v", again[0])
+	}
+	open, err := h.eng.Open(context.Background(), alice("tablet"), []protocol.Subscription{{Scope: "user:alice"}})
+	if err != nil || len(open.Conflicts) != 1 || open.Conflicts[0].ID != id {
+		t.Fatalf("welcome conflicts = %+v, %v", open.Conflicts, err)
+	}
+	// A resolving mutation applies the chosen state whatever the rule and closes the record.
+	resolve := phone.next(protocol.Mutation{Collection: "user_content", DocID: "n1", Op: conflict.Put, Base: 1,
+		Data: map[string]any{"text": "merged by hand"}, Resolves: id})
+	res = h.push(phone.p, resolve)
+	if res[0].Outcome == storage.Rejected || res[0].Outcome == storage.Conflict || res[0].Version != 3 {
+		t.Fatalf("resolution = %+v", res[0])
+	}
+	latest, _ = h.store.Latest(context.Background(), "user:alice", "user_content", "n1")
+	rec, _ = h.store.Conflict(context.Background(), "user:alice", id)
+	if latest.State["text"] != "merged by hand" || rec.Status != storage.ConflictResolved || rec.ResolvedBy == nil || rec.ResolvedBy.MutationID != resolve.ID {
+		t.Fatalf("after resolution: doc %+v record %+v", latest.State, rec)
+	}
+	if n := len(h.seen.conflicts); n != 2 || h.seen.conflicts[1].Conflict.Status != "resolved" {
+		t.Fatalf("resolution not announced: %+v", h.seen.conflicts)
+	}
+	// Resolving again, or naming a conflict that does not exist, is refused.
+	for _, bad := range []string{id, "cnope"} {
+		m := phone.next(protocol.Mutation{Collection: "user_content", DocID: "n1", Op: conflict.Put, Base: 3, Data: map[string]any{"text": "x"}, Resolves: bad})
+		if r := h.push(phone.p, m); r[0].Outcome != storage.Rejected || r[0].Code != protocol.CodeBadRequest {
+			t.Fatalf("resolves %q = %+v", bad, r[0])
+		}
+	}
+	// The HTTP-style resolution path, through ResolveConflict.
+	h.push(laptop.p, note(laptop, 3, "laptop again"))
+	res = h.push(phone.p, note(phone, 3, "phone again"))
+	if res[0].Outcome != storage.Conflict {
+		t.Fatalf("second conflict = %+v", res[0])
+	}
+	r, err := h.eng.ResolveConflict(context.Background(), phone.p, "user:alice", res[0].Conflict, engine.Resolution{MutationID: phone.mid + 1, Delete: true})
+	if err != nil || r.Outcome != storage.Applied {
+		t.Fatalf("ResolveConflict = %+v, %v", r, err)
+	}
+	list, err := h.eng.Conflicts(context.Background(), phone.p, "user:alice", true, "", 10)
+	if err != nil || len(list) != 0 {
+		t.Fatalf("open conflicts after resolving both: %+v, %v", list, err)
+	}
+	if _, err := h.eng.Conflicts(context.Background(), phone.p, "user:bob", false, "", 10); err == nil {
+		t.Fatal("listing another user's conflicts must be refused")
+	}
+}
+
+func TestUnknownCollectionAndLimits(t *testing.T) {
+	h := newHarnessWith(t, map[string]conflict.CollectionConfig{
+		"notes": {Resolver: "lww", MaxDocBytes: 64, MaxDepth: 2},
+	})
+	d := newDevice(alice("phone"))
+	cases := []struct {
+		name string
+		m    protocol.Mutation
+		code protocol.Code
+	}{
+		{"unknown collection", protocol.Mutation{Collection: "other", DocID: "x", Op: conflict.Put, Data: map[string]any{"a": 1.0}}, protocol.CodeUnknownCollection},
+		{"too large", protocol.Mutation{Collection: "notes", DocID: "x", Op: conflict.Put, Data: map[string]any{"a": strings.Repeat("y", 100)}}, protocol.CodeTooLarge},
+		{"too deep", protocol.Mutation{Collection: "notes", DocID: "x", Op: conflict.Put, Data: map[string]any{"a": map[string]any{"b": map[string]any{"c": 1.0}}}}, protocol.CodeTooDeep},
+	}
+	for _, tc := range cases {
+		if r := h.push(d.p, d.next(tc.m)); r[0].Outcome != storage.Rejected || r[0].Code != tc.code {
+			t.Errorf("%s: %+v, want %s", tc.name, r[0], tc.code)
+		}
+	}
+	if r := h.push(d.p, d.next(protocol.Mutation{Collection: "notes", DocID: "x", Op: conflict.Put, Data: map[string]any{"a": 1.0}})); r[0].Outcome != storage.Applied {
+		t.Fatalf("small doc: %+v", r[0])
+	}
+	if head, _ := h.store.Head(context.Background(), "user:alice"); head != 1 {
+		t.Fatalf("head %d: rejected mutations wrote something", head)
 	}
 }

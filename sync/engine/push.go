@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"reflect"
 	"time"
@@ -22,6 +23,12 @@ func (e *Engine) Push(ctx context.Context, p Principal, muts []protocol.Mutation
 	if len(muts) > e.cfg.MaxBatch {
 		return nil, protocol.Errorf(protocol.CodeTooLarge, "push carries %d mutations; the limit is %d", len(muts), e.cfg.MaxBatch)
 	}
+	// One push per device at a time in this process: the high-water mark
+	// read below must not move under a concurrent push of the same device
+	// (e.g. a WebSocket and an HTTP push racing), or a mutation that one of
+	// them fails retryably could later be refused as stale.
+	unlockDevice := e.devices.lock(p.Ref().String())
+	defer unlockDevice()
 	dev, err := e.store.Device(ctx, p.Ref())
 	if err != nil {
 		return nil, e.storageErr("device", err)
@@ -34,12 +41,33 @@ func (e *Engine) Push(ctx context.Context, p Principal, muts []protocol.Mutation
 			j++
 		}
 		high = e.pushRun(ctx, p, muts[i:j], results[i:j], high)
+		if k := firstRetryable(results[i:j]); k >= 0 {
+			// Nothing after a mutation the device must resend may be
+			// decided: a later commit would record a higher mutation id,
+			// and the resend would then look like a stale replay.
+			perr := protocol.Errorf(protocol.CodeUnavailable, "an earlier mutation in this push must be retried first")
+			for x := j; x < len(muts); x++ {
+				results[x] = rejected(muts[x].ID, perr)
+			}
+			break
+		}
 		i = j
 	}
 	for _, r := range results {
 		e.m.outcomes.WithLabelValues(string(r.Outcome), boolLabel(r.Replayed)).Inc()
 	}
 	return results, nil
+}
+
+// firstRetryable returns the index of the first result the device must
+// resend, or -1.
+func firstRetryable(rs []protocol.Result) int {
+	for i, r := range rs {
+		if r.Outcome == storage.Rejected && r.Code.Retryable() {
+			return i
+		}
+	}
+	return -1
 }
 
 func boolLabel(b bool) string {
@@ -54,6 +82,7 @@ type planned struct {
 	idx int // index into the run
 	mut *protocol.Mutation
 	op  conflict.Op
+	col conflict.Collection
 }
 
 // pushRun handles consecutive mutations of one scope. It returns the new
@@ -73,13 +102,13 @@ func (e *Engine) pushRun(ctx context.Context, p Principal, muts []protocol.Mutat
 			results[i] = rejected(m.ID, scopeErr)
 			continue
 		}
-		op, perr := e.toOp(p, m)
+		op, col, perr := e.toOp(p, m)
 		if perr != nil {
 			results[i] = rejected(m.ID, perr)
 			continue
 		}
 		high = m.ID
-		todo = append(todo, planned{idx: i, mut: m, op: op})
+		todo = append(todo, planned{idx: i, mut: m, op: op, col: col})
 	}
 	if len(todo) == 0 {
 		return high
@@ -99,12 +128,12 @@ func (e *Engine) replay(ctx context.Context, p Principal, m *protocol.Mutation) 
 		r.Replayed = true
 		return r
 	case !errors.Is(err, storage.ErrNotFound):
-		return rejected(m.ID, e.storageErr("receipt", err).(*protocol.Error))
+		return rejected(m.ID, asProtocolErr(e.storageErr("receipt", err)))
 	}
 	if perr := e.checkScope(p, m.Scope); perr != nil {
 		return rejected(m.ID, perr)
 	}
-	if _, perr := e.toOp(p, m); perr != nil {
+	if _, _, perr := e.toOp(p, m); perr != nil {
 		return rejected(m.ID, perr)
 	}
 	return rejected(m.ID, protocol.Errorf(protocol.CodeStaleMutation,
@@ -119,17 +148,30 @@ func fromReceipt(rc storage.Receipt) protocol.Result {
 	return protocol.Result{
 		MutationID: rc.MutationID, Outcome: rc.Outcome, Version: rc.Version, Seq: rc.Seq,
 		State: rc.State, Deleted: rc.Deleted, Code: protocol.Code(rc.Code), Message: rc.Message,
+		Conflict: rc.Conflict,
 	}
 }
 
-// toOp validates a mutation and converts it to the resolver's vocabulary.
-func (e *Engine) toOp(p Principal, m *protocol.Mutation) (conflict.Op, *protocol.Error) {
-	if perr := protocol.ValidateMutation(m, e.cfg.Limits); perr != nil {
-		return conflict.Op{}, perr
+// toOp validates a mutation against its collection's settings and converts
+// it to the resolver's vocabulary.
+func (e *Engine) toOp(p Principal, m *protocol.Mutation) (conflict.Op, conflict.Collection, *protocol.Error) {
+	col, ok := e.resolvers.Collection(m.Collection)
+	if !ok {
+		if perr := protocol.ValidateCollection(m.Collection); perr != nil {
+			return conflict.Op{}, col, perr
+		}
+		return conflict.Op{}, col, protocol.Errorf(protocol.CodeUnknownCollection, "collection %q is not configured", m.Collection)
+	}
+	lim := e.cfg.Limits
+	if col.MaxDepth > 0 {
+		lim.MaxDepth = col.MaxDepth
+	}
+	if perr := protocol.ValidateMutation(m, lim); perr != nil {
+		return conflict.Op{}, col, perr
 	}
 	ts, err := hlc.Parse(m.HLC)
 	if err != nil || ts.IsZero() {
-		return conflict.Op{}, protocol.Errorf(protocol.CodeBadRequest, "mutation %d: hlc must be a timestamp WALL-LOGICAL-NODE", m.ID)
+		return conflict.Op{}, col, protocol.Errorf(protocol.CodeBadRequest, "mutation %d: hlc must be a timestamp WALL-LOGICAL-NODE", m.ID)
 	}
 	// The node part names the device, whatever the client wrote: the tie
 	// break between equal clocks must not be forgeable.
@@ -142,7 +184,7 @@ func (e *Engine) toOp(p Principal, m *protocol.Mutation) (conflict.Op, *protocol
 	}
 	return conflict.Op{
 		Kind: m.Op, Put: m.Data, Patch: m.PatchOps, Base: m.Base, HLC: ts, Device: p.Ref().String(),
-	}, nil
+	}, col, nil
 }
 
 type docKey struct{ col, id string }
@@ -151,78 +193,114 @@ type docKey struct{ col, id string }
 // optimistic protocol: read head and latest versions, resolve, insert
 // entries seq head+1.. in one ordered batch; when another writer took a seq
 // or version first, keep the committed prefix and redo the rest.
+//
+// Receipts and conflict records ride in the batch and become durable only
+// when every entry of it commits; those of mutations decided before a lost
+// race are carried into the next attempt.
 func (e *Engine) commitRun(ctx context.Context, p Principal, scope string, todo []planned, results []protocol.Result) {
 	unlock := e.scopes.lock(scope)
 	defer unlock()
 	start := time.Now()
 	defer func() { e.m.commitLatency.Observe(time.Since(start).Seconds()) }()
 
-	var receipts []storage.Receipt // of mutations already decided, for the final batch
+	var carried []planItem // decided in earlier attempts, not yet durable
 	for attempt := 0; len(todo) > 0; attempt++ {
-		if attempt == maxCommitAttempts || ctx.Err() != nil {
+		if attempt >= maxCommitAttempts || ctx.Err() != nil {
 			e.failAll(todo, results, protocol.Errorf(protocol.CodeUnavailable, "scope is too contended; retry"))
+			e.saveCarried(ctx, p, scope, carried, results)
 			return
 		}
 		jitter(ctx, attempt)
-		plan, err := e.resolveAll(ctx, p.Ref(), scope, todo)
+		pl, err := e.resolveAll(ctx, p.Ref(), scope, todo)
 		if err != nil {
 			e.failAll(todo, results, asProtocolErr(err))
+			e.saveCarried(ctx, p, scope, carried, results)
 			return
 		}
+		all := append(append([]planItem(nil), carried...), pl.items...)
 		batch := &storage.Batch{
-			Scope: scope, Entries: plan.entries, Receipts: append(receipts, plan.receipts...),
+			Scope: scope, Entries: pl.entries, Receipts: receiptsOf(all), Conflicts: recordsOf(all),
 			Device: p.Ref(), LastMutationID: todo[len(todo)-1].mut.ID,
 		}
 		n, err := e.store.Commit(ctx, batch)
 		if n > 0 {
-			e.announce(scope, plan.entries[:n])
+			e.announce(scope, pl.entries[:n])
 		}
 		var ce *storage.CommitError
 		switch {
 		case err == nil:
 			for k, t := range todo {
-				results[t.idx] = plan.results[k]
+				results[t.idx] = pl.items[k].result
 			}
+			e.announceConflicts(scope, batch.Conflicts)
 			return
 		case !errors.As(err, &ce):
 			// Entries [0, n) are durable; everything after is unknown to the
-			// device and must be resent. They are not lost: never acked.
-			done := plan.decidedThrough(n)
+			// device and must be resent. It is not lost: it was never acked.
+			done := pl.decidedThrough(n)
 			for k := range done {
-				results[todo[k].idx] = plan.results[k]
+				results[todo[k].idx] = pl.items[k].result
 			}
 			e.failAll(todo[done:], results, asProtocolErr(e.storageErr("commit", err)))
+			e.saveCarried(ctx, p, scope, append(carried, pl.items[:done]...), results)
 			return
 		}
 		e.m.commitRetries.Inc()
-		// Mutations before the rejected entry are decided; keep their
-		// results and receipts.
-		done := plan.decidedThrough(n)
+		// Mutations before the rejected entry are decided: keep their
+		// results, and carry their receipts and records to the next batch.
+		done := pl.decidedThrough(n)
 		for k := range done {
-			results[todo[k].idx] = plan.results[k]
+			results[todo[k].idx] = pl.items[k].result
 		}
-		receipts = append(receipts, plan.receiptsOf(done)...)
+		carried = append(carried, pl.items[:done]...)
 		todo = todo[done:]
 		if ce.Taken == storage.TakenMutation {
-			// This mutation was committed before (a crash between commit and
-			// receipt, or the same device pushing on two connections).
-			t := todo[0]
-			results[t.idx] = e.replay(ctx, p, t.mut)
-			todo = todo[1:]
+			// This mutation was committed before: a crash between commit and
+			// receipt, or the same device pushing through another node. The
+			// rest of the batch was likely committed with it: settle every
+			// mutation at or below the device's stored mark as a replay in
+			// one go, rather than one per resolve pass.
+			mark := todo[0].mut.ID
+			if st, err := e.store.Device(ctx, p.Ref()); err == nil && st.LastMutationID > mark {
+				mark = st.LastMutationID
+			}
+			k := 0
+			for k < len(todo) && todo[k].mut.ID <= mark {
+				results[todo[k].idx] = e.replay(ctx, p, todo[k].mut)
+				k++
+			}
+			todo = todo[k:]
+			attempt-- // not a lost race: no reason to give up sooner
 		}
 	}
-	// Only rejections decided by the resolver remained: persist their receipts.
-	if len(receipts) > 0 {
-		e.saveReceipts(ctx, p, scope, receipts)
-	}
+	e.saveCarried(ctx, p, scope, carried, results)
 }
 
-func (e *Engine) saveReceipts(ctx context.Context, p Principal, scope string, receipts []storage.Receipt) {
-	b := &storage.Batch{Scope: scope, Receipts: receipts, Device: p.Ref(), LastMutationID: receipts[len(receipts)-1].MutationID}
-	if _, err := e.store.Commit(ctx, b); err != nil {
-		// Losing these receipts only changes how a replay is answered.
-		e.log.Warn("engine: saving receipts failed", "device", p.Ref().String(), "err", err)
+// saveCarried makes the receipts and conflict records of decided mutations
+// durable when no later batch carried them. Receipts are a convenience (a
+// lost one is rebuilt from the log, or a rejection is re-derived), but a
+// conflict record is the only copy of the device's change: if it cannot be
+// written, the device is told to resend instead of being told "conflict".
+func (e *Engine) saveCarried(ctx context.Context, p Principal, scope string, items []planItem, results []protocol.Result) {
+	receipts, records := receiptsOf(items), recordsOf(items)
+	if len(receipts) == 0 && len(records) == 0 {
+		return
 	}
+	b := &storage.Batch{Scope: scope, Receipts: receipts, Conflicts: records, Device: p.Ref()}
+	if _, err := e.store.Commit(ctx, b); err != nil {
+		e.log.Warn("engine: saving receipts and conflicts failed", "device", p.Ref().String(), "err", err)
+		for _, it := range items {
+			if it.record != nil && it.result.Outcome == storage.Conflict {
+				for i := range results {
+					if results[i].MutationID == it.result.MutationID {
+						results[i] = rejected(it.result.MutationID, protocol.Errorf(protocol.CodeUnavailable, "conflict record not saved; retry"))
+					}
+				}
+			}
+		}
+		return
+	}
+	e.announceConflicts(scope, records)
 }
 
 func (e *Engine) failAll(todo []planned, results []protocol.Result, perr *protocol.Error) {
@@ -239,12 +317,38 @@ func asProtocolErr(err error) *protocol.Error {
 	return protocol.Errorf(protocol.CodeUnavailable, "request interrupted: %v", err)
 }
 
+// planItem is the decision for one pending mutation in one resolve pass.
+type planItem struct {
+	result  protocol.Result
+	receipt *storage.Receipt        // nil: nothing to persist
+	record  *storage.ConflictRecord // a conflict opened or closed by it
+	entry   int                     // index into plan.entries, or -1
+}
+
 // plan is one resolve pass over the pending mutations.
 type plan struct {
-	entries  []storage.Entry
-	results  []protocol.Result // per todo item
-	receipts []storage.Receipt // per todo item
-	entryOf  []int             // per todo item: index into entries, or -1
+	entries []storage.Entry
+	items   []planItem // one per todo item
+}
+
+func receiptsOf(items []planItem) []storage.Receipt {
+	var out []storage.Receipt
+	for _, it := range items {
+		if it.receipt != nil {
+			out = append(out, *it.receipt)
+		}
+	}
+	return out
+}
+
+func recordsOf(items []planItem) []storage.ConflictRecord {
+	var out []storage.ConflictRecord
+	for _, it := range items {
+		if it.record != nil {
+			out = append(out, *it.record)
+		}
+	}
+	return out
 }
 
 // decidedThrough returns how many todo items are decided when entries
@@ -252,18 +356,16 @@ type plan struct {
 // entry did not commit. Items without an entry before that point are
 // decided too; their decision read state that the commit did not change.
 func (pl *plan) decidedThrough(n int) int {
-	for k, ei := range pl.entryOf {
-		if ei >= n {
+	for k, it := range pl.items {
+		if it.entry >= n {
 			return k
 		}
 	}
 	if n == len(pl.entries) {
-		return len(pl.entryOf)
+		return len(pl.items)
 	}
 	return 0
 }
-
-func (pl *plan) receiptsOf(k int) []storage.Receipt { return pl.receipts[:k] }
 
 func (e *Engine) resolveAll(ctx context.Context, dev storage.DeviceRef, scope string, todo []planned) (*plan, error) {
 	head, err := e.store.Head(ctx, scope)
@@ -273,6 +375,7 @@ func (e *Engine) resolveAll(ctx context.Context, dev storage.DeviceRef, scope st
 	now := e.cfg.Now()
 	pl := &plan{}
 	docs := map[docKey]*conflict.Doc{} // state as this batch leaves it
+	floors := map[docKey]uint64{}      // versions of purged documents: numbering continues above them
 	for _, t := range todo {
 		m := t.mut
 		key := docKey{m.Collection, m.DocID}
@@ -280,6 +383,10 @@ func (e *Engine) resolveAll(ctx context.Context, dev storage.DeviceRef, scope st
 		if !ok {
 			latest, err := e.store.Latest(ctx, scope, m.Collection, m.DocID)
 			switch {
+			case err == nil && latest.Seq == 0:
+				// Compaction purged the tombstone: to resolvers the document
+				// does not exist, but its versions never restart.
+				floors[key] = latest.Version
 			case err == nil:
 				cur = docFromEntry(latest)
 			case errors.Is(err, storage.ErrNotFound):
@@ -287,38 +394,76 @@ func (e *Engine) resolveAll(ctx context.Context, dev storage.DeviceRef, scope st
 				return nil, e.storageErr("latest", err)
 			}
 		}
-		res, err := e.resolvers.For(m.Collection).Resolve(cur, t.op)
-		if err != nil {
-			e.log.Error("engine: resolver failed", "collection", m.Collection, "err", err)
-			res = conflict.Result{Outcome: conflict.Rejected, Code: string(protocol.CodeInternal), Reason: "resolver failed"}
+		op := t.op
+		var closing *storage.ConflictRecord
+		if m.Resolves != "" {
+			rec, err := e.checkResolves(ctx, scope, m)
+			var perr *protocol.Error
+			switch {
+			case errors.As(err, &perr) && !perr.Code.Retryable():
+				pl.items = append(pl.items, planItem{result: rejected(m.ID, perr), entry: -1})
+				continue
+			case err != nil:
+				return nil, err
+			}
+			op.Force = true // the person chose this state: it applies whatever the rule
+			closing = &rec
 		}
-		r, rc, entry := e.decide(dev, scope, m, cur, res, now, head+uint64(len(pl.entries))+1)
-		pl.results = append(pl.results, r)
-		pl.receipts = append(pl.receipts, rc)
+		res, err := t.col.Resolver.Resolve(cur, op)
+		if err != nil {
+			// A resolver is a pure function: an error is a bug, not a
+			// property of the mutation. Do not record it as the mutation's
+			// outcome; fail the rest of the run retryably instead.
+			e.log.Error("engine: resolver failed", "collection", m.Collection, "err", err)
+			return nil, protocol.Errorf(protocol.CodeInternal, "resolver for %s failed", m.Collection)
+		}
+		it, entry, err := e.decide(ctx, dev, scope, t, cur, floors[key], res, now, head+uint64(len(pl.entries))+1)
+		if err != nil {
+			return nil, err
+		}
+		if closing != nil && (it.result.Outcome == storage.Applied || it.result.Outcome == storage.Merged) {
+			closing.Status, closing.Closed = storage.ConflictResolved, now
+			closing.ResolvedBy = &storage.DeviceMutation{Device: dev, MutationID: m.ID}
+			it.record = closing
+		}
 		if entry == nil {
-			pl.entryOf = append(pl.entryOf, -1)
+			it.entry = -1
+			pl.items = append(pl.items, it)
 			continue
 		}
-		pl.entryOf = append(pl.entryOf, len(pl.entries))
+		it.entry = len(pl.entries)
+		pl.items = append(pl.items, it)
 		pl.entries = append(pl.entries, *entry)
 		docs[key] = docFromEntry(*entry)
 	}
 	return pl, nil
 }
 
-// decide turns a resolver result into the ack result, the receipt and (when
-// the state changes) the log entry to insert at seq.
-func (e *Engine) decide(dev storage.DeviceRef, scope string, m *protocol.Mutation, cur *conflict.Doc, res conflict.Result, now time.Time, seq uint64) (protocol.Result, storage.Receipt, *storage.Entry) {
+// decide turns a resolver result into the ack result, the receipt, a
+// conflict record (manual rule) and, when the state changes, the log entry
+// to insert at seq.
+func (e *Engine) decide(ctx context.Context, dev storage.DeviceRef, scope string, t planned, cur *conflict.Doc, floor uint64, res conflict.Result, now time.Time, seq uint64) (planItem, *storage.Entry, error) {
+	m := t.mut
 	rc := storage.Receipt{
 		Device: dev, MutationID: m.ID, Outcome: storage.Outcome(res.Outcome), Scope: scope,
 		Collection: m.Collection, DocID: m.DocID, Created: now,
 	}
-	var curVersion uint64
+	curVersion := floor
 	if cur != nil {
 		curVersion = cur.Version
 	}
+	item := func(rc storage.Receipt) planItem { return planItem{result: fromReceipt(rc), receipt: &rc} }
 	switch res.Outcome {
 	case conflict.Applied, conflict.Merged:
+	case conflict.Conflict:
+		rec, err := e.openConflict(ctx, dev, scope, m, cur, now)
+		if err != nil {
+			return planItem{}, nil, err
+		}
+		rc.Outcome, rc.Version, rc.Conflict = storage.Conflict, curVersion, rec.ID
+		it := item(rc)
+		it.record = &rec
+		return it, nil, nil
 	default:
 		rc.Outcome = storage.Rejected
 		rc.Code, rc.Message = res.Code, res.Reason
@@ -326,27 +471,31 @@ func (e *Engine) decide(dev storage.DeviceRef, scope string, m *protocol.Mutatio
 			rc.Code = string(protocol.CodeBadOp)
 		}
 		rc.Version = curVersion
-		return fromReceipt(rc), rc, nil
+		return item(rc), nil, nil
 	}
 	next := res.Doc
-	if !next.Deleted && docSize(next.Fields) > e.cfg.MaxDocBytes {
+	maxBytes := e.cfg.MaxDocBytes
+	if t.col.MaxDocBytes > 0 {
+		maxBytes = t.col.MaxDocBytes
+	}
+	if !next.Deleted && docSize(next.Fields) > maxBytes {
 		rc.Outcome, rc.Code = storage.Rejected, string(protocol.CodeTooLarge)
-		rc.Message = "the resulting document exceeds max_doc_bytes"
+		rc.Message = fmt.Sprintf("the resulting document exceeds %d bytes", maxBytes)
 		rc.Version = curVersion
-		return fromReceipt(rc), rc, nil
+		return item(rc), nil, nil
 	}
 	if cur != nil && sameState(cur, &next) {
 		// Nothing changed (every field lost to a newer write, or an update
 		// met a tombstone under delete-wins): no entry, tell the device what won.
 		rc.Outcome = storage.Merged
 		rc.Version, rc.State, rc.Deleted = cur.Version, cur.Fields, cur.Deleted
-		return fromReceipt(rc), rc, nil
+		return item(rc), nil, nil
 	}
 	entry := &storage.Entry{
 		Scope: scope, Seq: seq, Collection: m.Collection, DocID: m.DocID,
 		Version: curVersion + 1, Op: storage.Op(m.Op), State: next.Fields, Clocks: next.Clocks,
 		Deleted: next.Deleted, Device: dev, MutationID: m.ID,
-		HLC: entryHLC(next, m), Committed: now,
+		HLC: entryHLC(next, t.op.HLC), Committed: now,
 	}
 	if entry.Deleted {
 		entry.State = nil
@@ -355,14 +504,13 @@ func (e *Engine) decide(dev storage.DeviceRef, scope string, m *protocol.Mutatio
 	if rc.Outcome == storage.Merged {
 		rc.State, rc.Deleted = entry.State, entry.Deleted
 	}
-	return fromReceipt(rc), rc, entry
+	return item(rc), entry, nil
 }
 
-func entryHLC(d conflict.Doc, m *protocol.Mutation) hlc.Timestamp {
+func entryHLC(d conflict.Doc, ts hlc.Timestamp) hlc.Timestamp {
 	if d.Deleted {
 		return d.DeletedAt
 	}
-	ts, _ := hlc.Parse(m.HLC) // validated in toOp
 	var max hlc.Timestamp
 	for _, c := range d.Clocks {
 		if c.After(max) {
@@ -413,52 +561,4 @@ func (e *Engine) announce(scope string, entries []storage.Entry) {
 		Scope: scope, From: entries[0].Seq - 1, To: entries[len(entries)-1].Seq,
 		Head: entries[len(entries)-1].Seq, Entries: toChanges(entries),
 	})
-}
-
-// Compact runs one compaction pass over every scope and expires old receipts.
-func (e *Engine) Compact(ctx context.Context) error {
-	now := e.cfg.Now()
-	olderThan := now.Add(-e.cfg.Retention)
-	removed := 0
-	after := ""
-	for {
-		scopes, err := e.store.Scopes(ctx, after, 256)
-		if err != nil {
-			return errf("listing scopes: %w", err)
-		}
-		for _, s := range scopes {
-			st, err := e.store.Compact(ctx, s, olderThan)
-			if err != nil {
-				return errf("compacting %s: %w", s, err)
-			}
-			removed += st.Removed
-		}
-		if len(scopes) < 256 {
-			break
-		}
-		after = scopes[len(scopes)-1]
-	}
-	e.m.compacted.Add(float64(removed))
-	expired, err := e.store.ExpireReceipts(ctx, now.Add(-e.cfg.ReceiptTTL))
-	if err != nil {
-		return errf("expiring receipts: %w", err)
-	}
-	e.log.Info("engine: compaction pass", "removed", removed, "receipts_expired", expired, "took", time.Since(now))
-	return nil
-}
-
-// Run compacts every CompactEvery until ctx ends.
-func (e *Engine) Run(ctx context.Context) error {
-	t := time.NewTicker(e.cfg.CompactEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if err := e.Compact(ctx); err != nil && ctx.Err() == nil {
-				e.log.Error("engine: compaction failed", "err", err)
-			}
-		}
-	}
 }

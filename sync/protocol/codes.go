@@ -20,6 +20,7 @@ const (
 	CodeStaleMutation     Code = "stale_mutation"     // mutation id not above the device's last one, and no receipt is kept
 	CodeBadOp             Code = "bad_op"             // the op cannot apply (e.g. inc on a non-number)
 	CodeNotReady          Code = "not_ready"          // a message other than hello before the session is open
+	CodeNotFound          Code = "not_found"          // the named conflict (HTTP API) does not exist
 	CodeInternal          Code = "internal"           // server fault; retry later
 	CodeUnavailable       Code = "unavailable"        // storage is unavailable; retry with backoff
 

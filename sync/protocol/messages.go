@@ -19,13 +19,14 @@ const (
 	TypeAuth  = "auth"
 	TypePing  = "ping"
 	// server -> client
-	TypeWelcome = "welcome"
-	TypeAck     = "ack"
-	TypeChanges = "changes"
-	TypeReset   = "reset"
-	TypeAuthOK  = "auth_ok"
-	TypePong    = "pong"
-	TypeError   = "error"
+	TypeWelcome  = "welcome"
+	TypeAck      = "ack"
+	TypeChanges  = "changes"
+	TypeReset    = "reset"
+	TypeAuthOK   = "auth_ok"
+	TypeConflict = "conflict"
+	TypePong     = "pong"
+	TypeError    = "error"
 )
 
 // Envelope holds the fields every client message has. Decode reads it first
@@ -83,6 +84,8 @@ type Welcome struct {
 	Scopes       []ScopeState `json:"scopes"`
 	// ExpiresAt is the token expiry (Unix ms); refresh with an auth message before it.
 	ExpiresAt int64 `json:"expiresAt,omitempty"`
+	// Conflicts are the open manual conflicts of the granted scopes.
+	Conflicts []Conflict `json:"conflicts,omitempty"`
 	// Limits the client must respect.
 	MaxMessageBytes int `json:"maxMessageBytes"`
 	MaxBatch        int `json:"maxBatch"`
@@ -100,6 +103,10 @@ type Mutation struct {
 	HLC        string          `json:"hlc"`
 	Data       map[string]any  `json:"data,omitempty"` // op == put
 	conflict.PatchOps
+	// Resolves names an open manual conflict of this document that this
+	// mutation settles. It applies whatever the document's rule (the person
+	// chose this state) and closes the record.
+	Resolves string `json:"resolves,omitempty"`
 }
 
 // Push carries a batch of mutations, applied in order.
@@ -119,6 +126,8 @@ type Result struct {
 	Code       Code            `json:"code,omitempty"` // why it was rejected
 	Message    string          `json:"message,omitempty"`
 	Replayed   bool            `json:"replayed,omitempty"` // answered from a receipt
+	// Conflict is the id of the conflict record an outcome "conflict" opened.
+	Conflict string `json:"conflict,omitempty"`
 }
 
 // Ack answers Push with one result per mutation, in order.
@@ -144,7 +153,8 @@ type Change struct {
 	Op         storage.Op     `json:"op"`
 	State      map[string]any `json:"state,omitempty"`
 	Deleted    bool           `json:"deleted,omitempty"`
-	Device     string         `json:"device"` // device id (within the user) that made it
+	User       string         `json:"user"`   // the user whose device made it
+	Device     string         `json:"device"` // device id (unique within the user) that made it
 	MutationID uint64         `json:"mid"`
 	HLC        string         `json:"hlc"`
 }
@@ -171,6 +181,36 @@ type Reset struct {
 	Reason  string `json:"reason"`
 	Horizon uint64 `json:"horizon"`
 	Head    uint64 `json:"head"`
+}
+
+// Conflict is a manual conflict record as devices see it: the mutation the
+// `manual` rule did not apply (Mine), against the document as it stood
+// (Theirs), and the state both started from (BaseState, when the log still
+// had it). A mutation with Resolves = ID closes it.
+type Conflict struct {
+	ID            string          `json:"id"`
+	Scope         string          `json:"scope"`
+	Collection    string          `json:"col"`
+	DocID         string          `json:"docId"`
+	Base          uint64          `json:"base"`
+	BaseState     map[string]any  `json:"baseState,omitempty"`
+	Mine          json.RawMessage `json:"mine"`
+	Theirs        map[string]any  `json:"theirs,omitempty"`
+	TheirsVersion uint64          `json:"theirsVersion"`
+	TheirsDeleted bool            `json:"theirsDeleted,omitempty"`
+	User          string          `json:"user"`
+	Device        string          `json:"device"`
+	MutationID    uint64          `json:"mid"`
+	Status        string          `json:"status"`  // open, resolved, abandoned
+	Created       int64           `json:"created"` // Unix ms
+	Closed        int64           `json:"closed,omitempty"`
+}
+
+// ConflictMsg announces a conflict record to every device of its scope:
+// when it opens, and again when it is resolved or abandoned.
+type ConflictMsg struct {
+	Envelope
+	Conflict Conflict `json:"conflict"`
 }
 
 // Auth refreshes the token on an open connection.
@@ -207,18 +247,19 @@ type Message interface {
 
 func (e *Envelope) envelope() *Envelope { return e }
 
-func (*Hello) Kind() string    { return TypeHello }
-func (*Push) Kind() string     { return TypePush }
-func (*Pull) Kind() string     { return TypePull }
-func (*Auth) Kind() string     { return TypeAuth }
-func (*Ping) Kind() string     { return TypePing }
-func (*Welcome) Kind() string  { return TypeWelcome }
-func (*Ack) Kind() string      { return TypeAck }
-func (*Changes) Kind() string  { return TypeChanges }
-func (*Reset) Kind() string    { return TypeReset }
-func (*AuthOK) Kind() string   { return TypeAuthOK }
-func (*Pong) Kind() string     { return TypePong }
-func (*ErrorMsg) Kind() string { return TypeError }
+func (*Hello) Kind() string       { return TypeHello }
+func (*Push) Kind() string        { return TypePush }
+func (*Pull) Kind() string        { return TypePull }
+func (*Auth) Kind() string        { return TypeAuth }
+func (*Ping) Kind() string        { return TypePing }
+func (*Welcome) Kind() string     { return TypeWelcome }
+func (*Ack) Kind() string         { return TypeAck }
+func (*Changes) Kind() string     { return TypeChanges }
+func (*Reset) Kind() string       { return TypeReset }
+func (*AuthOK) Kind() string      { return TypeAuthOK }
+func (*Pong) Kind() string        { return TypePong }
+func (*ErrorMsg) Kind() string    { return TypeError }
+func (*ConflictMsg) Kind() string { return TypeConflict }
 
 // Marshal sets the message's type field and encodes it as JSON.
 func Marshal(m Message) ([]byte, error) {
