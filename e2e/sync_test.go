@@ -289,3 +289,86 @@ func TestResetBehindHorizon(t *testing.T) {
 		t.Fatalf("t2 = %v", got)
 	}
 }
+
+// TestCollectionRulesOverWebSocket runs the shipped examples/collections.yaml:
+// a phone and a laptop go offline, each edits reading progress, bookmarks
+// and user content, both reconnect, and each collection ends by its rule.
+func TestCollectionRulesOverWebSocket(t *testing.T) {
+	n := startNode(t, t.TempDir(), "--config", "../examples/collections.yaml")
+	phone, laptop := connect(t, n, "phone"), connect(t, n, "laptop")
+	laptop.Put(scope, "reading_progress", "book1", map[string]any{"progress": 10.0, "chapter": "1"})
+	laptop.Put(scope, "bookmarks", "book1", map[string]any{"items": []any{"p1"}})
+	laptop.Put(scope, "user_content", "note1", map[string]any{"text": "first draft"})
+	laptop.Put(scope, "user_preferences", "prefs", map[string]any{"theme": "light", "font": 12.0})
+	flush(t, laptop)
+	waitCheckpoint(t, phone, 4)
+
+	phone.Disconnect()
+	laptop.Disconnect()
+	// Offline, the phone reads further but the laptop's later sync carries
+	// a lower page; both add bookmarks and one removes the seed; both edit
+	// the note; preferences differ per field.
+	phone.Patch(scope, "reading_progress", "book1", conflict.PatchOps{Set: map[string]any{"progress": 80.0}})
+	phone.Patch(scope, "bookmarks", "book1", conflict.PatchOps{Add: map[string][]any{"items": {"p80"}}, Remove: map[string][]any{"items": {"p1"}}})
+	phone.Put(scope, "user_content", "note1", map[string]any{"text": "phone rewrite"})
+	phone.Patch(scope, "user_preferences", "prefs", conflict.PatchOps{Set: map[string]any{"theme": "dark"}})
+	time.Sleep(5 * time.Millisecond)
+	laptop.Patch(scope, "reading_progress", "book1", conflict.PatchOps{Set: map[string]any{"progress": 35.0, "chapter": "3"}})
+	laptop.Patch(scope, "bookmarks", "book1", conflict.PatchOps{Add: map[string][]any{"items": {"p35"}}})
+	laptop.Put(scope, "user_content", "note1", map[string]any{"text": "laptop rewrite"})
+	laptop.Patch(scope, "user_preferences", "prefs", conflict.PatchOps{Set: map[string]any{"font": 14.0}})
+
+	for _, d := range []*client.Device{phone, laptop} {
+		if _, err := d.Connect(ctxT(t, 30*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		flush(t, d)
+	}
+	// The laptop synced second: its note edit was concurrent with the
+	// phone's, so the manual rule kept the phone's and opened a conflict.
+	r, _ := laptop.Result(7) // mids 1-4 seeded the docs; 5-8 are the offline edits
+	if r.Outcome != "conflict" || r.Conflict == "" {
+		t.Fatalf("laptop's concurrent note edit = %+v, want a conflict", r)
+	}
+	auditor := connect(t, n, "auditor")
+	waitCheckpoint(t, phone, auditor.Checkpoint(scope))
+	waitCheckpoint(t, laptop, auditor.Checkpoint(scope))
+	state := auditor.Replica(scope)
+	for _, d := range []*client.Device{phone, laptop} {
+		if got := d.Replica(scope); !reflect.DeepEqual(got, state) {
+			t.Fatalf("%s differs from the server:\n got %v\nwant %v", d.ID, got, state)
+		}
+	}
+	if got := state["reading_progress/book1"]; got["progress"] != 80.0 || got["chapter"] != "3" {
+		t.Errorf("reading_progress = %v: progress must be the max (80); chapter is lww (3)", got)
+	}
+	if got := state["bookmarks/book1"]["items"]; !reflect.DeepEqual(got, []any{"p80", "p35"}) && !reflect.DeepEqual(got, []any{"p35", "p80"}) {
+		t.Errorf("bookmarks = %v, want the union p80+p35 without the removed p1", got)
+	}
+	if got := state["user_content/note1"]["text"]; got != "phone rewrite" {
+		t.Errorf("user_content = %v: the manual rule must not overwrite", got)
+	}
+	if got := state["user_preferences/prefs"]; got["theme"] != "dark" || got["font"] != 14.0 {
+		t.Errorf("user_preferences = %v, want field-by-field merge", got)
+	}
+	// Either device resolves the conflict over HTTP; everyone converges on the choice.
+	tok := n.token("alice", "--device", "laptop")
+	body, _ := json.Marshal(map[string]any{"device": "laptop", "mid": 100, "state": map[string]any{"text": "merged by hand"}})
+	req, _ := http.NewRequest("POST", "http://"+n.addr+"/v1/scopes/user:alice/conflicts/"+r.Conflict+"/resolve", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("resolve over HTTP: status %d", resp.StatusCode)
+	}
+	want := auditor.Checkpoint(scope) + 1
+	for _, d := range []*client.Device{phone, laptop, auditor} {
+		waitCheckpoint(t, d, want)
+		if got := d.Replica(scope)["user_content/note1"]["text"]; got != "merged by hand" {
+			t.Fatalf("%s note after resolution = %v", d.ID, got)
+		}
+	}
+}

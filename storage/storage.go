@@ -205,7 +205,10 @@ type Log interface {
 	// Version returns the entry that gave a document the given version, or
 	// ErrNotFound if there is none: never committed, or removed by
 	// compaction (a marker's version included: its entry is gone).
-	// Versions never restart, so each version names at most one entry.
+	// Versions never restart, so each version names at most one entry. An
+	// entry superseded by a purged tombstone but not yet removed (possible
+	// only with caller-set Committed times out of order) may be reported
+	// as not found too.
 	Version(ctx context.Context, scope, collection, id string, version uint64) (Entry, error)
 	// Commit inserts b.Entries in order (the commit point). On a uniqueness
 	// violation it returns the number committed and a *CommitError.

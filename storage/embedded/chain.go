@@ -15,7 +15,8 @@ import (
 // it only ever appends, like the log.
 //
 // Each entry's link names the entry of the previous version of its
-// document (prev, 0 for version 1) and a jump pointer to an older one.
+// document (prev, 0 for version 1 and for the first entry after a purge
+// marker) and a jump pointer to an older one.
 // Jump pointers follow the skew-binary scheme (Myers, "An applicative
 // random-access stack", 1983): with version 0 as a root that jumps to
 // itself, an entry whose parent p satisfies
@@ -55,8 +56,11 @@ func getLink(chain *bolt.Bucket, seq uint64) (l link, ok bool, err error) {
 
 // newLink builds the link of the next entry of a document whose latest
 // entry is parent (version parentVersion); parent 0 means the document has
-// no entry, so the new one is version 1. When a link it needs is missing
-// it falls back to jumping to the parent: still correct, only slower.
+// no entry in the log: it never had one (the new one is version 1), or its
+// latest is a purge marker (the new one is parentVersion+1 and starts a
+// new life, whose walks stop at it). Either way the link is empty. When a
+// link it needs is missing it falls back to jumping to the parent: still
+// correct, only slower.
 func newLink(chain *bolt.Bucket, parent, parentVersion uint64) (link, error) {
 	if parent == 0 {
 		return link{}, nil
@@ -79,13 +83,14 @@ func newLink(chain *bolt.Bucket, parent, parentVersion uint64) (link, error) {
 }
 
 // findVersion walks from a document's latest entry to the entry of
-// version v and returns its seq, or ok false when there is none. A step
+// version v and returns its seq, or ok false when there is none (always
+// when latest is a purge marker, whose versions are all gone). A step
 // needs the link of every entry it passes, so an entry behind a compacted
 // newer version is not found; compaction removes a document's superseded
 // entries oldest first (they are committed in version order), so that
 // only happens with caller-set Committed times out of order.
 func findVersion(chain, log *bolt.Bucket, latest docRef, v uint64) (seq uint64, ok bool, err error) {
-	if v == 0 || v > latest.version {
+	if v == 0 || v > latest.version || latest.seq == 0 {
 		return 0, false, nil
 	}
 	cur, curVersion := latest.seq, latest.version
@@ -99,7 +104,7 @@ func findVersion(chain, log *bolt.Bucket, latest docRef, v uint64) (seq uint64, 
 			continue
 		}
 		if l.prev == 0 {
-			return 0, false, nil // only a migrated entry lacks a known parent
+			return 0, false, nil // a new life's first entry, or a migrated one
 		}
 		cur, curVersion = l.prev, curVersion-1
 	}

@@ -124,7 +124,8 @@ func TestChainWalkIsShort(t *testing.T) {
 
 // TestMigrateV1 turns a file back into the version 1 layout (no chain, no
 // conflicts bucket) and checks that Open rebuilds the index, across
-// migration chunks, scopes, a compacted gap and a purged document.
+// migration chunks, scopes, a compacted gap and a document that a schema 1
+// store purged and restarted from version 1.
 func TestMigrateV1(t *testing.T) {
 	ctx := context.Background()
 	s, path := openTemp(t, nil)
@@ -137,7 +138,14 @@ func TestMigrateV1(t *testing.T) {
 		}
 	}
 	// Purge "gone" and compact a v1 away, then write more after the cutoff.
+	// A schema 1 store deleted a purged document's docs key rather than
+	// keeping a marker, and a document could then start again from v1.
 	if _, err := s.Compact(ctx, "small", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Update(func(tx *bbolt.Tx) error {
+		return scopeBucket(tx, "small").Bucket([]byte(bucketDocs)).Delete(docKey("notes", "gone"))
+	}); err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range []storage.Entry{put("small", 6, "gone", 1, 0), put("small", 7, "a", 4, 0)} {

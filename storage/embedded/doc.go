@@ -47,7 +47,7 @@
 //
 //	meta                       "schema" -> 2
 //	scopes/<scope>/log         seq -> JSON storage.Entry (the source of truth)
-//	scopes/<scope>/docs        len|collection|id -> version|seq of the latest entry
+//	scopes/<scope>/docs        len|collection|id -> version|seq of the latest entry (seq 0: purge marker)
 //	scopes/<scope>/chain       seq -> prev seq|jump seq|jump version (see chain.go)
 //	scopes/<scope>  "horizon"  -> highest seq of a tombstone compaction purged
 //	mutations                  len|user|len|device|mid -> seq|scope
@@ -68,12 +68,22 @@
 // entry. receipt-age orders receipts by creation so that ExpireReceipts
 // touches only what expires.
 //
+// When compaction purges a document's tombstone, it rewrites the
+// document's docs value to the tombstone's version and seq 0 instead of
+// deleting the key: a purge marker. Latest returns it as the seq-0 marker
+// entry storage documents, and the version guard continues from it, so the
+// document's versions never restart. A marker costs its key and 16 bytes
+// and is kept forever. Schema 1 stores deleted the key, so a document they
+// purged has no marker and may start again from version 1 (its version is
+// lost); that needs no conversion, since a missing key reads as it did.
+//
 // The chain bucket answers Version: each entry's link points at the entry
 // of its document's previous version and at an older one (skew-binary jump
 // pointers), so finding version v from the latest version L takes
 // O(log(L-v)) reads. It is keyed by seq, so a commit appends to it as to the
 // log; an index ordered by document would dirty a page per document a
-// batch touches. Compaction deletes a link with its entry.
+// batch touches. Compaction deletes a link with its entry; the first entry
+// after a purge marker links to nothing.
 //
 // Conflict records live apart from the scope buckets, so that records alone
 // do not make a scope, and AgeConflicts visits only scopes that have

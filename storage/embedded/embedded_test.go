@@ -62,7 +62,9 @@ func TestConformanceSmallChunks(t *testing.T) {
 }
 
 // checkLayout verifies the invariants doc.go describes: docs points at the
-// newest entry of each document in the log; the chain holds a valid link
+// newest entry of each document in the log, or holds a purge marker (seq
+// 0) above every version of the document the log still has, and every
+// document in the log has a docs value; the chain holds a valid link
 // for exactly the log's entries, and leads from each document's latest
 // entry to each of its older versions; the mutation index holds exactly
 // the log's entries with a mutation id; every receipt has exactly one
@@ -77,7 +79,8 @@ func checkLayout(t *testing.T, s *Store) {
 			if err := checkChain(t, string(scope), log, docs, sc.Bucket([]byte(bucketChain))); err != nil {
 				return err
 			}
-			newest := map[string]uint64{}
+			newest := map[string]uint64{}        // docKey -> seq of its newest entry
+			newestVersion := map[string]uint64{} // docKey -> that entry's version
 			if err := log.ForEach(func(k, v []byte) error {
 				e, err := decodeEntry(v)
 				if err != nil {
@@ -87,6 +90,7 @@ func checkLayout(t *testing.T, s *Store) {
 					t.Errorf("%s: key %d holds seq %d of %q", scope, seqOf(k), e.Seq, e.Scope)
 				}
 				newest[string(docKey(e.Collection, e.DocID))] = e.Seq
+				newestVersion[string(docKey(e.Collection, e.DocID))] = e.Version
 				if e.MutationID != 0 {
 					wantMuts[string(mutKey(e.Device, e.MutationID))] = string(encodeMutRef(mutRef{scope: string(scope), seq: e.Seq}))
 				}
@@ -94,10 +98,26 @@ func checkLayout(t *testing.T, s *Store) {
 			}); err != nil {
 				return err
 			}
+			for k := range newest {
+				if docs.Get([]byte(k)) == nil {
+					t.Errorf("%s: document %q has entries but no docs value", scope, k)
+				}
+			}
 			return docs.ForEach(func(k, v []byte) error {
 				ref, err := decodeDocRef(v)
 				if err != nil {
 					return err
+				}
+				if ref.seq == 0 {
+					// A purge marker: no entry of its own, and only
+					// older (superseded) versions may remain in the log.
+					if ref.version == 0 {
+						t.Errorf("%s: marker of %q has version 0", scope, k)
+					}
+					if n, ok := newestVersion[string(k)]; ok && n >= ref.version {
+						t.Errorf("%s: marker of %q at v%d, but the log has v%d (seq %d)", scope, k, ref.version, n, newest[string(k)])
+					}
+					return nil
 				}
 				raw := log.Get(seqKey(ref.seq))
 				if raw == nil {
@@ -229,8 +249,8 @@ func TestOpenRejectsForeignFile(t *testing.T) {
 }
 
 // The version rule is stricter than a unique index: a version that skips
-// ahead, for instance because a purge removed the document after the writer
-// read it, is a lost race too.
+// ahead, for instance because the writer read a stale latest version, is a
+// lost race too.
 func TestVersionMustFollowLatest(t *testing.T) {
 	ctx := context.Background()
 	s, _ := openTemp(t, nil)
@@ -474,6 +494,15 @@ func checkChain(t *testing.T, scope string, log, docs, chain *bbolt.Bucket) erro
 		latest, err := decodeDocRef(v)
 		if err != nil {
 			return err
+		}
+		if latest.seq == 0 {
+			// A purge marker: none of its versions is found.
+			for _, version := range []uint64{1, latest.version - 1, latest.version} {
+				if got, ok, err := findVersion(chain, log, latest, version); err != nil || ok {
+					t.Errorf("%s: marker v%d: findVersion(v%d) = %d, %v, %v; want none", scope, latest.version, version, got, ok, err)
+				}
+			}
+			return nil
 		}
 		for seq, version := latest.seq, latest.version; seq != 0; version-- {
 			if _, ok, _ := entryAt(seq); !ok {

@@ -383,9 +383,10 @@ func (s *Store) Latest(ctx context.Context, scope, collection, id string) (stora
 // storage.ErrNotFound when there is none (never written, or compacted
 // away). It walks the chain index back from the document's latest entry
 // (see chain.go). The chain does not cross a purge: the first entry after
-// a marker links to nothing, and every version up to the marker's was
-// purged or superseded by the purged tombstone, so there is nothing to
-// find there anyway.
+// a marker links to nothing, so versions up to the marker's are not found.
+// They were purged with the tombstone, or removed as superseded before it;
+// only an entry committed out of Committed order can still be in the log,
+// superseded and due to go at the next compaction.
 func (s *Store) Version(ctx context.Context, scope, collection, id string, version uint64) (storage.Entry, error) {
 	var e storage.Entry
 	err := s.view(ctx, "version", func(tx *bolt.Tx) error {
