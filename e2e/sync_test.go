@@ -352,6 +352,7 @@ func TestCollectionRulesOverWebSocket(t *testing.T) {
 		t.Errorf("user_preferences = %v, want field-by-field merge", got)
 	}
 	// Either device resolves the conflict over HTTP; everyone converges on the choice.
+	want := auditor.Checkpoint(scope) + 1 // read before the resolution can arrive
 	tok := n.token("alice", "--device", "laptop")
 	body, _ := json.Marshal(map[string]any{"device": "laptop", "mid": 100, "state": map[string]any{"text": "merged by hand"}})
 	req, _ := http.NewRequest("POST", "http://"+n.addr+"/v1/scopes/user:alice/conflicts/"+r.Conflict+"/resolve", bytes.NewReader(body))
@@ -364,7 +365,6 @@ func TestCollectionRulesOverWebSocket(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("resolve over HTTP: status %d", resp.StatusCode)
 	}
-	want := auditor.Checkpoint(scope) + 1
 	for _, d := range []*client.Device{phone, laptop, auditor} {
 		waitCheckpoint(t, d, want)
 		if got := d.Replica(scope)["user_content/note1"]["text"]; got != "merged by hand" {

@@ -249,8 +249,7 @@ func TestOpenRejectsForeignFile(t *testing.T) {
 }
 
 // The version rule is stricter than a unique index: a version that skips
-// ahead, for instance because the writer read a stale latest version, is a
-// lost race too.
+// ahead is refused too (as TakenVersion), so versions have no gaps.
 func TestVersionMustFollowLatest(t *testing.T) {
 	ctx := context.Background()
 	s, _ := openTemp(t, nil)

@@ -71,7 +71,8 @@ func testCompactSuperseded(t *testing.T, e *env) {
 }
 
 // testCompactTombstones: a tombstone goes like a superseded entry, and
-// raises the horizon, unless it is the scope's head.
+// raises the horizon, unless it is the scope's head. The purged document
+// leaves a marker of its version, and its versions continue above it.
 func testCompactTombstones(t *testing.T, e *env) {
 	t0 := e.clock.Now()
 	e.commitEach(t, entry(scopeA, 1, "a", 1, e.alice, 1), tombstone(scopeA, 2, "a", 2, e.alice, 2))
@@ -91,7 +92,7 @@ func testCompactTombstones(t *testing.T, e *env) {
 	e.commitEach(t, entry(scopeA, 3, "b", 1, e.alice, 3))
 	wantStats(t, e.compact(t, scopeA, t0.Add(30*time.Minute)), storage.CompactStats{Removed: 1, Horizon: 2})
 	e.wantSeqs(t, scopeA, 3)
-	e.wantNoDoc(t, scopeA, "a")
+	e.wantMarker(t, scopeA, "a", 2)
 	if h := e.horizon(t, scopeA); h != 2 {
 		t.Errorf("Horizon = %d, want 2", h)
 	}
@@ -100,10 +101,13 @@ func testCompactTombstones(t *testing.T, e *env) {
 	}
 	e.wantNoReceipt(t, e.alice, 2)
 
-	// The purged document can be created again, from version 1.
-	e.commitEach(t, entry(scopeA, 4, "a", 1, e.bob, 1))
-	if got := e.latest(t, scopeA, "a"); got.Version != 1 || got.Seq != 4 {
-		t.Errorf("Latest(a) = v%d seq %d, want v1 seq 4", got.Version, got.Seq)
+	// The purged document can be created again, continuing its versions:
+	// version 1 is taken, version 3 follows the purged tombstone.
+	n, err := e.s.Commit(context.Background(), batch(entry(scopeA, 4, "a", 1, e.bob, 1)))
+	wantCommitErr(t, n, err, 0, &storage.CommitError{Index: 0, Taken: storage.TakenVersion})
+	e.commitEach(t, entry(scopeA, 4, "a", 3, e.bob, 1))
+	if got := e.latest(t, scopeA, "a"); got.Version != 3 || got.Seq != 4 {
+		t.Errorf("Latest(a) = v%d seq %d, want v3 seq 4", got.Version, got.Seq)
 	}
 
 	// A tombstone newer than the cutoff stays; then it goes too.
@@ -117,28 +121,92 @@ func testCompactTombstones(t *testing.T, e *env) {
 	e.wantSeqs(t, scopeA, 3, 4, 5, 6, 7)
 	wantStats(t, e.compact(t, scopeA, e.clock.Advance(time.Hour)), storage.CompactStats{Removed: 2, Horizon: 6})
 	e.wantSeqs(t, scopeA, 3, 4, 7)
-	e.wantNoDoc(t, scopeA, "c")
+	e.wantMarker(t, scopeA, "c", 2)
 	if h := e.horizon(t, scopeA); h != 6 {
 		t.Errorf("Horizon = %d, want 6", h)
 	}
 
 	// An entry of a purged document is superseded by the purged tombstone:
 	// it goes once old enough, even if it was committed after the
-	// tombstone (a caller-set Committed), and then the document can start
-	// again from version 1.
+	// tombstone (a caller-set Committed); the document continues from
+	// version 3 throughout.
 	late := e.clock.Now().Add(10 * time.Hour)
 	g1 := entry(scopeA, 8, "g", 1, e.alice, 8)
 	g1.Committed = late
 	e.commitEach(t, g1, tombstone(scopeA, 9, "g", 2, e.alice, 9), entry(scopeA, 10, "h", 1, e.alice, 10))
 	wantStats(t, e.compact(t, scopeA, e.clock.Advance(time.Hour)), storage.CompactStats{Removed: 1, Horizon: 9})
 	e.wantSeqs(t, scopeA, 3, 4, 7, 8, 10)
-	e.wantNoDoc(t, scopeA, "g")
+	e.wantMarker(t, scopeA, "g", 2)
 	wantStats(t, e.compact(t, scopeA, late.Add(time.Second)), storage.CompactStats{Removed: 1, Horizon: 9})
 	e.wantSeqs(t, scopeA, 3, 4, 7, 10)
-	e.commitEach(t, entry(scopeA, 11, "g", 1, e.bob, 2))
-	if got := e.latest(t, scopeA, "g"); got.Version != 1 || got.Seq != 11 {
-		t.Errorf("Latest(g) = v%d seq %d, want v1 seq 11", got.Version, got.Seq)
+	e.wantMarker(t, scopeA, "g", 2)
+	e.commitEach(t, entry(scopeA, 11, "g", 3, e.bob, 2))
+	if got := e.latest(t, scopeA, "g"); got.Version != 3 || got.Seq != 11 {
+		t.Errorf("Latest(g) = v%d seq %d, want v3 seq 11", got.Version, got.Seq)
 	}
+}
+
+// testPurgeKeepsVersion: purging a document's tombstone leaves a marker
+// of its version in Latest, not in the log; the document's next entry
+// continues its versions (anything else is TakenVersion), and Version
+// finds only the entries of the new life.
+func testPurgeKeepsVersion(t *testing.T, e *env) {
+	ctx := context.Background()
+	at := e.clock.Now()
+	e.commitEach(t, entry(scopeA, 1, "a", 1, e.alice, 1), tombstone(scopeA, 2, "a", 2, e.alice, 2))
+	b1 := entry(scopeA, 3, "b", 1, e.alice, 3) // the head, so the tombstone can go
+	e.commitEach(t, b1)
+
+	wantStats(t, e.compact(t, scopeA, e.clock.Advance(time.Hour)), storage.CompactStats{Removed: 2, Horizon: 2})
+	e.wantMarker(t, scopeA, "a", 2)
+	wantEntries(t, e.read(t, scopeA, 0, math.MaxUint64, 100), []storage.Entry{committedAt(b1, at)})
+	if h := e.head(t, scopeA); h != 3 {
+		t.Errorf("Head = %d, want 3: a marker is no entry", h)
+	}
+	for _, v := range []uint64{0, 1, 2, 3} {
+		e.wantNoVersion(t, scopeA, notes, "a", v)
+	}
+	e.wantNoDoc(t, scopeB, "a")     // markers belong to their scope
+	e.wantNoDoc(t, scopeA, "never") // and to their document
+	e.commitEach(t, entry(scopeB, 1, "a", 1, e.bob, 1))
+	// Compacting again keeps the marker.
+	wantStats(t, e.compact(t, scopeA, e.clock.Advance(time.Hour)), storage.CompactStats{Horizon: 2})
+	e.wantMarker(t, scopeA, "a", 2)
+
+	// Only version 3 may follow: 1 and 2 are taken, 4 would skip one. A
+	// lost entry leaves the marker as it was.
+	for _, v := range []uint64{1, 2, 4} {
+		n, err := e.s.Commit(ctx, batch(entry(scopeA, 4, "a", v, e.alice, 4)))
+		wantCommitErr(t, n, err, 0, &storage.CommitError{Index: 0, Taken: storage.TakenVersion})
+		e.wantMarker(t, scopeA, "a", 2)
+	}
+	t1 := e.clock.Now()
+	a3 := entry(scopeA, 4, "a", 3, e.alice, 4)
+	e.commitEach(t, a3)
+	wantEntry(t, e.latest(t, scopeA, "a"), committedAt(a3, t1))
+	wantEntries(t, e.read(t, scopeA, 0, math.MaxUint64, 100), []storage.Entry{committedAt(b1, at), committedAt(a3, t1)})
+	wantEntry(t, e.version(t, scopeA, "a", 3), committedAt(a3, t1))
+	e.wantNoVersion(t, scopeA, notes, "a", 1)
+	e.wantNoVersion(t, scopeA, notes, "a", 2)
+	e.wantNoVersion(t, scopeA, notes, "a", 4)
+
+	// The new life is a document like any other: it grows, is deleted and
+	// purged again, and the next marker carries its last version.
+	a4, a5 := entry(scopeA, 5, "a", 4, e.alice, 5), tombstone(scopeA, 6, "a", 5, e.alice, 6)
+	e.commitEach(t, a4, a5, entry(scopeA, 7, "b", 2, e.alice, 7))
+	wantEntry(t, e.version(t, scopeA, "a", 3), committedAt(a3, t1))
+	wantEntry(t, e.version(t, scopeA, "a", 5), committedAt(a5, t1))
+	wantStats(t, e.compact(t, scopeA, e.clock.Advance(time.Hour)), storage.CompactStats{Removed: 4, Horizon: 6})
+	e.wantSeqs(t, scopeA, 7)
+	e.wantMarker(t, scopeA, "a", 5)
+	for _, v := range []uint64{1, 3, 4, 5} {
+		e.wantNoVersion(t, scopeA, notes, "a", v)
+	}
+	e.commitEach(t, entry(scopeA, 8, "a", 6, e.alice, 8))
+	if got := e.version(t, scopeA, "a", 6); got.Seq != 8 {
+		t.Errorf("Version(a, 6) = seq %d, want 8", got.Seq)
+	}
+	e.wantNoVersion(t, scopeA, notes, "a", 5)
 }
 
 // testCompactManyEntries compacts more entries than a backend would

@@ -83,6 +83,7 @@ func Run(t *testing.T, open Opener) {
 		{"Version", testVersion},
 		{"CompactSuperseded", testCompactSuperseded},
 		{"CompactTombstones", testCompactTombstones},
+		{"PurgeKeepsVersion", testPurgeKeepsVersion},
 		{"CompactManyEntries", testCompactManyEntries},
 		{"Scopes", testScopes},
 		{"Devices", testDevices},
@@ -230,11 +231,32 @@ func (e *env) latest(t *testing.T, scope, id string) storage.Entry {
 	return got
 }
 
+// wantNoDoc checks that a document never had an entry: Latest returns
+// ErrNotFound (a purged document has a marker instead; see wantMarker).
 func (e *env) wantNoDoc(t *testing.T, scope, id string) {
 	t.Helper()
 	got, err := e.s.Latest(context.Background(), scope, notes, id)
 	if !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("Latest(%s, %s) = %+v, %v; want ErrNotFound", scope, id, got, err)
+	}
+}
+
+// wantMarker checks that Latest returns the marker compaction leaves when
+// it purges a document's tombstone of the given version: Seq 0, Deleted,
+// that Version, and nothing but the document's name besides.
+func (e *env) wantMarker(t *testing.T, scope, id string, version uint64) {
+	t.Helper()
+	got, err := e.s.Latest(context.Background(), scope, notes, id)
+	if err != nil {
+		t.Fatalf("Latest(%s, %s): %v; want the purge marker of v%d", scope, id, err, version)
+	}
+	want := storage.Entry{Scope: scope, Collection: notes, DocID: id, Version: version, Deleted: true}
+	if !got.Committed.IsZero() {
+		t.Errorf("Latest(%s, %s): marker has Committed %s, want zero", scope, id, got.Committed)
+	}
+	got.Committed = time.Time{}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Latest(%s, %s):\n got %+v\nwant the purge marker %+v", scope, id, got, want)
 	}
 }
 

@@ -70,10 +70,16 @@ func testVersion(t *testing.T, e *env) {
 	e.wantNoVersion(t, scopeA, notes, "a", 3)
 	wantEntry(t, e.version(t, scopeA, "b", 2), committedAt(b2, t1))
 
-	// The purged document starts again; Version finds its new life.
+	// The purged document continues from its purged version; Version
+	// finds its new life and none of the old one.
+	e.wantMarker(t, scopeA, "a", 3)
+	n, err = e.s.Commit(context.Background(), batch(entry(scopeA, 7, "a", 1, e.bob, 1)))
+	wantCommitErr(t, n, err, 0, &storage.CommitError{Index: 0, Taken: storage.TakenVersion})
 	t3 := e.clock.Now()
-	again := entry(scopeA, 7, "a", 1, e.bob, 1)
+	again := entry(scopeA, 7, "a", 4, e.bob, 1)
 	e.commitEach(t, again)
-	wantEntry(t, e.version(t, scopeA, "a", 1), committedAt(again, t3))
-	e.wantNoVersion(t, scopeA, notes, "a", 2)
+	wantEntry(t, e.version(t, scopeA, "a", 4), committedAt(again, t3))
+	for _, v := range []uint64{1, 2, 3, 5} {
+		e.wantNoVersion(t, scopeA, notes, "a", v)
+	}
 }

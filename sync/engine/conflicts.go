@@ -91,7 +91,10 @@ func (e *Engine) Conflicts(ctx context.Context, p Principal, scope string, openO
 		limit = 100
 	}
 	recs, err := e.store.ListConflicts(ctx, scope, openOnly, after, limit)
-	if err != nil {
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return nil, protocol.Errorf(protocol.CodeNotFound, "no conflict %q in %s to page after", after, scope)
+	case err != nil:
 		return nil, e.storageErr("conflicts", err)
 	}
 	out := make([]protocol.Conflict, len(recs))
