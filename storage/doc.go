@@ -47,15 +47,19 @@
 //     stale) anything not above it.
 //   - Purging a tombstone therefore leaves a marker of the document: the
 //     purged tombstone's (scope, collection, id, version) and nothing else.
-//     Latest returns it as an Entry with Seq 0 and Deleted set (and every
-//     field but Scope, Collection, DocID and Version zero), the version
-//     guard treats it as the document's latest version, and the next entry
-//     replaces it. It is not a log entry: Read, Head and Version never see
-//     it, and the document's entries keep no link to the purged ones. A
-//     store keeps it where it keeps the guard: the embedded store as a docs
-//     ref with seq 0, a MongoDB store as a small marker document. Markers
-//     are a few dozen bytes, and are kept for as long as the document's id
-//     could be written again, that is forever; a store need not expire them.
+//     While the document has no newer entry, Latest returns the marker as
+//     an Entry with Seq 0 and Deleted set (every field but Scope,
+//     Collection, DocID and Version zero) and the version guard treats its
+//     version as the document's latest; once a newer entry exists, that
+//     entry is the latest and the marker no longer matters (a store may
+//     overwrite it or keep it). A marker is not a log entry: Read, Head and
+//     Version never return it. The embedded store keeps it as a docs ref
+//     with seq 0; a MongoDB store would keep a small marker document per
+//     purged document. Without transactions, a store writes the marker
+//     before it deletes the tombstone, so no reader of the guard ever sees
+//     neither. Markers are a few dozen bytes and must be kept forever (the
+//     id may be written again at any time); no migration creates them for
+//     documents purged before this rule, whose version is lost.
 //   - After compaction removes an entry, the (device, mutation id) guard for
 //     it goes too; replays older than the retention are caught by the
 //     device's LastMutationID instead.

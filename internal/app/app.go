@@ -118,16 +118,19 @@ func New(ctx context.Context, cfg config.Config, o Options) (*App, error) {
 
 func engineConfig(c config.Config) engine.Config {
 	return engine.Config{
-		Node:         c.Node,
-		Retention:    c.History.Retention,
-		CompactEvery: c.History.CompactEvery,
-		ReceiptTTL:   c.History.ReceiptTTL,
-		MaxBatch:     c.Limits.MaxBatch,
-		PullLimit:    c.Limits.PullLimit,
-		MaxPullLimit: c.Limits.MaxPullLimit,
-		MaxDocBytes:  c.Limits.MaxDocBytes,
-		MaxClockSkew: c.Timing.MaxClockSkew,
-		Limits:       protocol.Limits{MaxDepth: c.Limits.MaxDepth, MaxIDBytes: c.Limits.MaxIDBytes},
+		Node:                 c.Node,
+		Retention:            c.History.Retention,
+		CompactEvery:         c.History.CompactEvery,
+		ReceiptTTL:           c.History.ReceiptTTL,
+		MaxPullBytes:         c.Limits.MaxPullBytes,
+		ConflictAbandonAfter: c.History.ConflictAbandonAfter,
+		ConflictRetention:    c.History.ConflictRetention,
+		MaxBatch:             c.Limits.MaxBatch,
+		PullLimit:            c.Limits.PullLimit,
+		MaxPullLimit:         c.Limits.MaxPullLimit,
+		MaxDocBytes:          c.Limits.MaxDocBytes,
+		MaxClockSkew:         c.Timing.MaxClockSkew,
+		Limits:               protocol.Limits{MaxDepth: c.Limits.MaxDepth, MaxIDBytes: c.Limits.MaxIDBytes},
 	}
 }
 

@@ -154,6 +154,9 @@ type Limits struct {
 	MaxDepth int `yaml:"max_depth"`
 	// MaxIDBytes caps the length of a document id (1 to 512). Default 256.
 	MaxIDBytes int `yaml:"max_id_bytes"`
+	// MaxPullBytes cuts a pull page once its documents add up to this many
+	// bytes of JSON (a page always holds one entry). Default 1 MiB.
+	MaxPullBytes int `yaml:"max_pull_bytes"`
 }
 
 // Timing holds the connection timers.
@@ -187,6 +190,12 @@ type History struct {
 	// ReceiptTTL is how long mutation receipts are kept (at least 24h).
 	// Default 24h.
 	ReceiptTTL time.Duration `yaml:"receipt_ttl"`
+	// ConflictAbandonAfter: an open manual conflict older than this is
+	// marked abandoned. Default 720h (30 days).
+	ConflictAbandonAfter time.Duration `yaml:"conflict_abandon_after"`
+	// ConflictRetention: resolved and abandoned conflict records are
+	// deleted this long after they closed. Default 168h (7 days).
+	ConflictRetention time.Duration `yaml:"conflict_retention"`
 }
 
 // Default returns the configuration used when nothing is set. It is the only
@@ -214,6 +223,7 @@ func Default() Config {
 			MaxDocBytes:        256 * KiB,
 			MaxDepth:           32,
 			MaxIDBytes:         256,
+			MaxPullBytes:       1 << 20,
 		},
 		Timing: Timing{
 			HelloTimeout:    10 * time.Second,
@@ -224,9 +234,11 @@ func Default() Config {
 			MaxClockSkew:    time.Minute,
 		},
 		History: History{
-			Retention:    720 * time.Hour,
-			CompactEvery: time.Hour,
-			ReceiptTTL:   24 * time.Hour,
+			Retention:            720 * time.Hour,
+			CompactEvery:         time.Hour,
+			ReceiptTTL:           24 * time.Hour,
+			ConflictAbandonAfter: 720 * time.Hour,
+			ConflictRetention:    168 * time.Hour,
 		},
 		Collections: map[string]conflict.CollectionConfig{},
 	}

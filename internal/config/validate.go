@@ -141,6 +141,7 @@ func (l Limits) validate(p *problems) {
 	}
 	p.count("limits.max_depth", l.MaxDepth, 1, 96)
 	p.count("limits.max_id_bytes", l.MaxIDBytes, 1, 512)
+	p.count("limits.max_pull_bytes", l.MaxPullBytes, 1<<10, 256<<20)
 }
 
 func (t Timing) validate(p *problems) {
@@ -158,6 +159,8 @@ func (t Timing) validate(p *problems) {
 func (h History) validate(p *problems) {
 	p.positive("history.retention", h.Retention)
 	p.positive("history.compact_every", h.CompactEvery)
+	p.positive("history.conflict_abandon_after", h.ConflictAbandonAfter)
+	p.positive("history.conflict_retention", h.ConflictRetention)
 	if h.ReceiptTTL < minReceiptTTL {
 		p.add("history.receipt_ttl must be at least %s, got %s", minReceiptTTL, h.ReceiptTTL)
 	}

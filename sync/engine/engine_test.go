@@ -353,6 +353,12 @@ func TestCompactionAndReset(t *testing.T) {
 	if res[0].Seq != 9 {
 		t.Fatalf("seq after compaction = %d, want 9", res[0].Seq)
 	}
+	// Versions are not either: re-creating the purged document continues
+	// above its tombstone's version (2), as a plain new document would.
+	res = h.push(laptop, newDevice(laptop).next(put("gone", map[string]any{"x": 2.0})))
+	if res[0].Outcome != storage.Applied || res[0].Version != 3 {
+		t.Fatalf("re-created purged document = %+v, want applied at version 3", res[0])
+	}
 }
 
 // faultyStore injects failures around the commit point.
