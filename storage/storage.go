@@ -231,6 +231,11 @@ type Devices interface {
 	// produced, the receipt is rebuilt from that entry.
 	Receipt(ctx context.Context, dev DeviceRef, mutationID uint64) (Receipt, error)
 	// Device returns a device's state; an unknown device has a zero state.
+	// LastMutationID is at least the highest mutation id of the device that
+	// has a log entry, even if the batch that wrote the entry lost its
+	// progress update (a store that writes them separately must derive it
+	// from the log's mutation index), so that a resend of a committed
+	// mutation is always answered as a replay, never decided again.
 	Device(ctx context.Context, dev DeviceRef) (DeviceState, error)
 	// SaveCheckpoints merges checkpoints into the device state (a seq only
 	// moves forward) and stamps LastSeen.

@@ -1,7 +1,9 @@
 package embedded
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -168,10 +170,34 @@ func (s *Store) Device(ctx context.Context, dev storage.DeviceRef) (storage.Devi
 	var st storage.DeviceState
 	err := s.view(ctx, "device", func(tx *bolt.Tx) error {
 		var err error
-		st, err = getDevice(tx, dev)
-		return err
+		if st, err = getDevice(tx, dev); err != nil {
+			return err
+		}
+		// The contract: the mark covers every mutation of the device that
+		// has a log entry, even if the batch's progress write was lost.
+		st.LastMutationID = max(st.LastMutationID, lastIndexedMutation(tx, dev))
+		return nil
 	})
 	return st, err
+}
+
+// lastIndexedMutation is the highest mutation id of dev in the mutation
+// index (0 if none): the last key under the device's prefix.
+func lastIndexedMutation(tx *bolt.Tx, dev storage.DeviceRef) uint64 {
+	prefix := devKey(dev)
+	top := mutKey(dev, ^uint64(0))
+	c := tx.Bucket([]byte(bucketMutations)).Cursor()
+	k, _ := c.Seek(top) // the first key >= the device's highest possible key
+	switch {
+	case k == nil:
+		k, _ = c.Last()
+	case !bytes.Equal(k, top):
+		k, _ = c.Prev()
+	}
+	if len(k) != len(prefix)+8 || !bytes.HasPrefix(k, prefix) {
+		return 0
+	}
+	return binary.BigEndian.Uint64(k[len(prefix):])
 }
 
 // SaveCheckpoints merges checkpoints into the device state; a seq only

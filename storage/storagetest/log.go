@@ -217,8 +217,16 @@ func testCommitTaken(t *testing.T, e *env) {
 				return
 			}
 			e.wantNoReceipt(t, e.alice, 99)
-			if st := e.device(t, e.alice); st.LastMutationID != 3 {
-				t.Errorf("LastMutationID = %d, want 3 (unchanged)", st.LastMutationID)
+			// The batch's progress is not written, but the mark still
+			// covers every mutation of alice that now has a log entry.
+			wantMark := uint64(3)
+			for _, en := range entries[:r.wantN] {
+				if en.Device == e.alice {
+					wantMark = max(wantMark, en.MutationID)
+				}
+			}
+			if st := e.device(t, e.alice); st.LastMutationID != wantMark {
+				t.Errorf("LastMutationID = %d, want %d (3, or the highest committed mutation of alice)", st.LastMutationID, wantMark)
 			}
 			// The prefix's mutations are answered from the log instead.
 			for _, en := range entries[:r.wantN] {
@@ -341,7 +349,8 @@ func testProgressOnlyOnFullCommit(t *testing.T, e *env) {
 		t.Errorf("LastMutationID = %d after a lower one, want 5", st.LastMutationID)
 	}
 
-	// A partial win keeps its prefix but writes no receipt and no progress.
+	// A partial win keeps its prefix but writes no receipt and no progress;
+	// the mark covers the committed entry's mutation (6) all the same.
 	e6 := entry(scopeA, 4, "n4", 1, e.alice, 6)
 	b = batch(e6, entry(scopeA, 5, "n1", 1, e.alice, 7))
 	b.Receipts = []storage.Receipt{receiptFor(e6), rejected(e.alice, 8)}
@@ -353,8 +362,8 @@ func testProgressOnlyOnFullCommit(t *testing.T, e *env) {
 	if got := e.receipt(t, e.alice, 6); got.Outcome != storage.Applied {
 		t.Errorf("Receipt(6) = %+v, want Applied rebuilt from the log, not the batch's Merged", got)
 	}
-	if st := e.device(t, e.alice); st.LastMutationID != 5 {
-		t.Errorf("LastMutationID = %d after a partial win, want 5", st.LastMutationID)
+	if st := e.device(t, e.alice); st.LastMutationID != 6 {
+		t.Errorf("LastMutationID = %d after a partial win, want 6 (mutation 6 has a log entry)", st.LastMutationID)
 	}
 }
 

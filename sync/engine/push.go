@@ -286,7 +286,15 @@ func (e *Engine) saveCarried(ctx context.Context, p Principal, scope string, ite
 	if len(receipts) == 0 && len(records) == 0 {
 		return
 	}
-	b := &storage.Batch{Scope: scope, Receipts: receipts, Conflicts: records, Device: p.Ref()}
+	// The device's mark moves past them too: a resend must be answered
+	// from these receipts, never decided a second time (a conflict record
+	// rewritten as open after someone resolved it, say). Every mutation
+	// still undecided has a higher id, so the mark never passes one.
+	var mark uint64
+	for _, it := range items {
+		mark = max(mark, it.result.MutationID)
+	}
+	b := &storage.Batch{Scope: scope, Receipts: receipts, Conflicts: records, Device: p.Ref(), LastMutationID: mark}
 	if _, err := e.store.Commit(ctx, b); err != nil {
 		e.log.Warn("engine: saving receipts and conflicts failed", "device", p.Ref().String(), "err", err)
 		for _, it := range items {
@@ -376,6 +384,7 @@ func (e *Engine) resolveAll(ctx context.Context, dev storage.DeviceRef, scope st
 	pl := &plan{}
 	docs := map[docKey]*conflict.Doc{} // state as this batch leaves it
 	floors := map[docKey]uint64{}      // versions of purged documents: numbering continues above them
+	closed := map[string]bool{}        // conflicts resolved earlier in this batch
 	for _, t := range todo {
 		m := t.mut
 		key := docKey{m.Collection, m.DocID}
@@ -398,6 +407,11 @@ func (e *Engine) resolveAll(ctx context.Context, dev storage.DeviceRef, scope st
 		var closing *storage.ConflictRecord
 		if m.Resolves != "" {
 			rec, err := e.checkResolves(ctx, scope, m)
+			if err == nil && closed[m.Resolves] {
+				// The store still says open, but an earlier mutation of this
+				// batch closes it: answer as a later push would.
+				err = protocol.Errorf(protocol.CodeBadRequest, "conflict %q is already resolved", m.Resolves)
+			}
 			var perr *protocol.Error
 			switch {
 			case errors.As(err, &perr) && !perr.Code.Retryable():
@@ -425,6 +439,7 @@ func (e *Engine) resolveAll(ctx context.Context, dev storage.DeviceRef, scope st
 			closing.Status, closing.Closed = storage.ConflictResolved, now
 			closing.ResolvedBy = &storage.DeviceMutation{Device: dev, MutationID: m.ID}
 			it.record = closing
+			closed[closing.ID] = true
 		}
 		if entry == nil {
 			it.entry = -1
