@@ -4,7 +4,7 @@ BIN     ?= bin/syncgate
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test test-go fuzz bench lint clean
+.PHONY: all build run test testenv test-go fuzz bench lint clean
 
 all: build
 
@@ -15,8 +15,18 @@ build:
 run: build
 	./$(BIN) serve
 
-## test: everything, under the race detector, plus short fuzzing of every decoder.
-test: lint test-go fuzz
+## test: lint, then everything under the race detector plus short fuzzing of
+## every decoder, against real Redis and MongoDB-wire servers. tools/testenv.sh
+## installs redis-server if missing, builds tools/ferretdb (FerretDB) into
+## bin/ferretserver, starts both on free loopback ports, exports
+## SYNCGATE_REDIS_ADDR and SYNCGATE_MONGO_URI, and stops them afterwards. If
+## those variables are already set, it uses the given servers and starts nothing.
+test: lint
+	GO='$(GO)' bash tools/testenv.sh $(MAKE) test-go fuzz
+
+## testenv: start the test servers and print their exports; Ctrl-C stops them.
+testenv:
+	@GO='$(GO)' bash tools/testenv.sh
 
 test-go:
 	$(GO) test -race -count=1 -timeout 20m ./...

@@ -87,7 +87,16 @@ func startNodeEnv(t *testing.T, dataDir string, env []string, extra ...string) *
 	args := append([]string{"serve", "--listen", n.addr, "--data-dir", dataDir, "--log-level", "debug"}, extra...)
 	n.cmd = exec.Command(binary, args...)
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
-	n.cmd.Env = append(append(os.Environ(), "SYNCGATE_TIMING_SHUTDOWN_TIMEOUT=5s"), env...)
+	// make test exports the shared servers' addresses as SYNCGATE_* for the
+	// packages that test against them; a node only uses them when a test
+	// passes them explicitly in env.
+	var base []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "SYNCGATE_MONGO_URI=") && !strings.HasPrefix(kv, "SYNCGATE_REDIS_ADDR=") {
+			base = append(base, kv)
+		}
+	}
+	n.cmd.Env = append(append(base, "SYNCGATE_TIMING_SHUTDOWN_TIMEOUT=5s"), env...)
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
