@@ -70,8 +70,8 @@ func (r *recorder) quiet(t *testing.T, want ...string) {
 }
 
 // testBrokerConformance is the contract every Broker implementation must
-// pass (see broker.go). It runs against MemoryBroker here; the Redis broker
-// runs it against a real Redis server.
+// pass (see broker.go). It runs against MemoryBroker here, and against
+// RedisBroker nodes sharing a real Redis server in broker_redis_test.go.
 func testBrokerConformance(t *testing.T, nodes brokerNodes) {
 	ctx := context.Background()
 	start := func(t *testing.T, n int) ([]Broker, []*recorder) {
@@ -136,8 +136,24 @@ func testBrokerConformance(t *testing.T, nodes brokerNodes) {
 			mustDo(t, bs[0].Publish(ctx, "user:a", []byte(data)))
 			want = append(want, "user:a "+data)
 		}
-		rs[0].waitFor(t, want...)
-		rs[1].waitFor(t, want...)
+		rs[0].quiet(t, want...) // each once: no echo, no duplicate
+		rs[1].quiet(t, want...)
+	})
+
+	t.Run("unsubscribed node receives nothing", func(t *testing.T) {
+		bs, rs := start(t, 2)
+		mustDo(t, bs[1].Subscribe(ctx, "space:s"))
+		mustDo(t, bs[0].Publish(ctx, "space:s", []byte("a")))
+		rs[1].waitFor(t, "space:s a")
+		mustDo(t, bs[1].Unsubscribe(ctx, "space:s"))
+		mustDo(t, bs[0].Publish(ctx, "space:s", []byte("b")))
+		rs[1].quiet(t, "space:s a")
+		// A subscription is in place when Subscribe returns: a message
+		// another node publishes right after it is delivered.
+		mustDo(t, bs[1].Subscribe(ctx, "space:s"))
+		mustDo(t, bs[0].Publish(ctx, "space:s", []byte("c")))
+		rs[1].quiet(t, "space:s a", "space:s c")
+		rs[0].quiet(t)
 	})
 
 	t.Run("cross node", func(t *testing.T) {

@@ -63,6 +63,13 @@
 //   - After compaction removes an entry, the (device, mutation id) guard for
 //     it goes too; replays older than the retention are caught by the
 //     device's LastMutationID instead.
+//   - A store that cannot write a batch atomically (MongoDB without
+//     transactions) may lose, on a failure after the entries, only what
+//     the log can rebuild: the receipts of mutations that have an entry,
+//     and the device's progress (derived from the log anyway). Receipts of
+//     outcomes without an entry (Seq 0: merged with nothing to write,
+//     conflicts, rejections) and conflict records must be durable no later
+//     than the entries, e.g. written before them.
 //   - Nothing else (materialized documents, receipts, device checkpoints) is
 //     needed for correctness: if it lags or is lost, the log wins.
 //   - No method may rely on transactions, conditional updates or $inc for

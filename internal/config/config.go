@@ -108,7 +108,8 @@ type Mongo struct {
 	// URI (mongodb:// or mongodb+srv://) switches storage from the embedded
 	// bbolt database to MongoDB. Default "" (embedded).
 	URI string `yaml:"uri"`
-	// Database is the MongoDB database name. Default "syncgate".
+	// Database is the MongoDB database name. Default "": the database in
+	// the URI's path (mongodb://host/app → app), else "syncgate".
 	Database string `yaml:"database"`
 }
 
@@ -212,7 +213,7 @@ func Default() Config {
 			Audience: "syncgate",
 			Leeway:   30 * time.Second,
 		},
-		Mongo: Mongo{Database: "syncgate"},
+		Mongo: Mongo{},
 		Redis: Redis{Prefix: "syncgate"},
 		Limits: Limits{
 			MaxMessageBytes:    1 * MiB,

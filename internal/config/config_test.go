@@ -470,7 +470,7 @@ func TestValidate(t *testing.T) {
 
 		{"mongo scheme", func(c *Config) { c.Mongo.URI = "postgres://user:pw@h/db" }, []string{`mongo.uri must start with mongodb:// or mongodb+srv://, got scheme "postgres"`, "!pw@"}},
 		{"mongo srv ok", func(c *Config) { c.Mongo.URI = "mongodb+srv://u:p@cluster.example.com" }, nil},
-		{"mongo database", func(c *Config) { c.Mongo.Database = "a.b" }, []string{`mongo.database must be 1 to 63 bytes`, `got "a.b"`}},
+		{"mongo database", func(c *Config) { c.Mongo.Database = "a.b" }, []string{`mongo.database must be empty`, `got "a.b"`}},
 		{"redis addr", func(c *Config) { c.Redis.Addr = "localhost" }, []string{`redis.addr must be host:port, got "localhost"`}},
 		{"redis addr no host", func(c *Config) { c.Redis.Addr = ":6379" }, []string{`redis.addr must name a host, got ":6379"`}},
 		{"redis port 0", func(c *Config) { c.Redis.Addr = "r:0" }, []string{`redis.addr port must be a number from 1 to 65535, got "0"`}},

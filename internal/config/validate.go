@@ -104,8 +104,8 @@ func (m Mongo) validate(p *problems) {
 		}
 		p.add("mongo.uri must start with mongodb:// or mongodb+srv://, got scheme %q", scheme)
 	}
-	if m.Database == "" || len(m.Database) > 63 || strings.ContainsAny(m.Database, "/\\. \"$*<>:|?\x00") {
-		p.add("mongo.database must be 1 to 63 bytes without /\\. \"$*<>:|? characters, got %q", m.Database)
+	if m.Database != "" && (len(m.Database) > 63 || strings.ContainsAny(m.Database, "/\\. \"$*<>:|?\x00")) {
+		p.add("mongo.database must be empty (the URI's database) or 1 to 63 bytes without /\\. \"$*<>:|? characters, got %q", m.Database)
 	}
 }
 

@@ -296,14 +296,22 @@ func (e *Engine) saveCarried(ctx context.Context, p Principal, scope string, ite
 	}
 	b := &storage.Batch{Scope: scope, Receipts: receipts, Conflicts: records, Device: p.Ref(), LastMutationID: mark}
 	if _, err := e.store.Commit(ctx, b); err != nil {
+		// Nothing of these decisions is durable except entries already in
+		// the log. Tell the device to resend every one of them: a resend of
+		// a committed entry is answered from the log; anything else is
+		// decided again, which is safe because nothing was acknowledged and
+		// the device's mark did not move. Acknowledging "conflict" without
+		// its record, or "merged" for a resolution whose record stays open,
+		// would lose the change.
 		e.log.Warn("engine: saving receipts and conflicts failed", "device", p.Ref().String(), "err", err)
+		perr := protocol.Errorf(protocol.CodeUnavailable, "outcome not saved; retry")
+		decided := make(map[uint64]bool, len(items))
 		for _, it := range items {
-			if it.record != nil && it.result.Outcome == storage.Conflict {
-				for i := range results {
-					if results[i].MutationID == it.result.MutationID {
-						results[i] = rejected(it.result.MutationID, protocol.Errorf(protocol.CodeUnavailable, "conflict record not saved; retry"))
-					}
-				}
+			decided[it.result.MutationID] = true
+		}
+		for i := range results {
+			if decided[results[i].MutationID] {
+				results[i] = rejected(results[i].MutationID, perr)
 			}
 		}
 		return
@@ -415,7 +423,13 @@ func (e *Engine) resolveAll(ctx context.Context, dev storage.DeviceRef, scope st
 			var perr *protocol.Error
 			switch {
 			case errors.As(err, &perr) && !perr.Code.Retryable():
-				pl.items = append(pl.items, planItem{result: rejected(m.ID, perr), entry: -1})
+				// Persist the refusal: a resend must get it again, not
+				// stale_mutation (the record it named may be gone by then).
+				rc := storage.Receipt{
+					Device: dev, MutationID: m.ID, Outcome: storage.Rejected, Code: string(perr.Code),
+					Message: perr.Message, Scope: scope, Collection: m.Collection, DocID: m.DocID, Created: now,
+				}
+				pl.items = append(pl.items, planItem{result: fromReceipt(rc), receipt: &rc, entry: -1})
 				continue
 			case err != nil:
 				return nil, err
