@@ -55,11 +55,6 @@ func New(ctx context.Context, cfg config.Config, o Options) (*App, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Mongo.URI != "" || cfg.Redis.Addr != "" {
-		// Refuse rather than silently run single-node on local storage.
-		return nil, errors.New("app: mongo.uri and redis.addr are not supported by this build yet: " +
-			"it runs on the embedded store with in-process fan-out; unset them")
-	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("app: data dir: %w", err)
 	}
@@ -71,7 +66,7 @@ func New(ctx context.Context, cfg config.Config, o Options) (*App, error) {
 	if err != nil {
 		return nil, fmt.Errorf("app: auth: %w", err)
 	}
-	store, err := embedded.Open(ctx, filepath.Join(cfg.DataDir, "syncgate.db"), embedded.Options{Logger: log})
+	store, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("app: storage: %w", err)
 	}
@@ -100,8 +95,19 @@ func New(ctx context.Context, cfg config.Config, o Options) (*App, error) {
 		store.Close(ctx)
 		return nil, err
 	}
+	var broker gateway.Broker // nil: in-process fan-out
+	if cfg.Redis.Addr != "" {
+		broker, err = gateway.NewRedisBroker(gateway.RedisBrokerConfig{
+			Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.Redis.Prefix,
+			Node: cfg.Node, Logger: log, Registerer: reg,
+		})
+		if err != nil {
+			store.Close(ctx)
+			return nil, fmt.Errorf("app: redis: %w", err)
+		}
+	}
 	srv, err := gateway.New(gatewayConfig(cfg), gateway.Options{
-		Engine: eng, Verifier: verifier, Logger: log, Registry: reg, Gatherer: reg,
+		Engine: eng, Verifier: verifier, Broker: broker, Logger: log, Registry: reg, Gatherer: reg,
 	})
 	if err != nil {
 		store.Close(ctx)
@@ -114,6 +120,16 @@ func New(ctx context.Context, cfg config.Config, o Options) (*App, error) {
 		return nil, fmt.Errorf("app: listen: %w", err)
 	}
 	return &App{cfg: cfg, log: log, store: store, engine: eng, gateway: srv, listener: ln}, nil
+}
+
+// openStore picks the storage: bbolt in the data directory.
+func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (storage.Store, error) {
+	if cfg.Mongo.URI != "" {
+		// Refuse rather than silently run on local storage while the
+		// operator believes the cluster shares MongoDB.
+		return nil, errors.New("mongo.uri is set, but this build has no MongoDB store yet: unset it to use the embedded store")
+	}
+	return embedded.Open(ctx, filepath.Join(cfg.DataDir, "syncgate.db"), embedded.Options{Logger: log})
 }
 
 func engineConfig(c config.Config) engine.Config {
