@@ -46,7 +46,9 @@
 //
 // # Contract
 //
-// Goroutine-safe: Server (all exported methods), MemoryBroker, MemoryBus.
+// Goroutine-safe: Server (all exported methods), MemoryBroker, MemoryBus,
+// RedisBroker (its shard locks are taken briefly under the engine scope lock
+// and the hub subscribe locks, never while the handler runs).
 // Serve may be called once; Shutdown any number of times.
 //
 // Must not block (they run under the engine's scope lock or a hub lock):
