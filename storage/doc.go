@@ -74,4 +74,50 @@
 //     needed for correctness: if it lags or is lost, the log wins.
 //   - No method may rely on transactions, conditional updates or $inc for
 //     correctness (see the brief: they lose writes on the test server).
+//
+// Device sessions (Sessions, sessions.go) are a separate interface that the
+// same concrete stores implement, in the same database. Contract:
+//   - Expiry is exact for readers: a session is gone at its ExpiresAt
+//     (exclusive) for every method, whether or not SweepSessions, a
+//     sweeper goroutine or a TTL index has deleted it yet. SweepSessions
+//     only reclaims space.
+//   - Ids are minted by the store (NewSessionID: 32 random bytes, hex) and
+//     never taken from the client. BeginSession resumes only a live session
+//     of the same user and device; any other id (unknown, expired, another
+//     user's or device's) begins a new session, so an id is useless without
+//     a token of its user and device. An unexpired revoked session of the
+//     same user and device is refused with ErrSessionRevoked.
+//   - A revocation is durable and wins every race: once RevokeSession (or
+//     an eviction) returned, no TouchSession or resume makes the session
+//     live again. A store without atomic updates (FerretDB rewrites the
+//     whole document on every update) keeps revocations as records of
+//     their own, inserted once, never in a field a refresh could overwrite.
+//   - The per-user cap orders a user's live sessions by (CreatedAt, ID)
+//     and revokes (Evicted) all but the newest MaxPerUser. Without a
+//     transaction, a store inserts first and evicts after listing: each
+//     lister revokes only sessions outside the newest N of what it saw,
+//     which are outside the newest N of all, and the last lister saw every
+//     insert before it, so concurrent begins end with at most MaxPerUser
+//     live sessions and never revoke one of the newest N.
+//   - Refreshes (TouchSession, a resume) may race each other; the later
+//     write may win, which only makes the expiry a little earlier or later.
+//
+// Media (media.go) is a third interface: blobs that documents reference
+// with {"$media": id}, each belonging to a scope. The concrete stores
+// provide it beside the Store (embedded.NewMedia, mongo.NewMedia), in the
+// same database; storagetest.RunMedia checks both. Contract, besides the
+// interface's comments:
+//   - Content is streamed in and out (a Put never holds the whole blob;
+//     a part at most), readers are seekable at no cost until the next Read.
+//   - Dedupe is per scope by SHA-256, decided by a unique key on (scope,
+//     sha256) (a bbolt key, a unique MongoDB index), never by a
+//     conditional update: racing Puts of one content end with one media.
+//   - A blob's bytes are durable before its metadata commits; a crash in
+//     between leaves bytes no metadata names, which the store removes
+//     (embedded: at NewMedia; MongoDB: SweepUploads, after 24 h).
+//   - Uploads expire exactly like sessions: invisible at Expires for every
+//     method, deleted with their parts by SweepUploads.
+//   - Media is not reference-counted: deleting it leaves the documents
+//     that reference it dangling (the engine checks references only when a
+//     mutation adds them).
 package storage

@@ -58,6 +58,47 @@
 //	conflicts/<scope>/created  created|id -> (empty), every record
 //	conflicts/<scope>/open     created|id -> (empty), open records
 //	conflicts/<scope>/closed   closed|id -> created, closed records
+//	sessions                   session id -> JSON session (sessions.go)
+//	session-users              len|user|created|id -> (empty): ListSessions, the per-user cap
+//	session-expiry             expires|id -> (empty): SweepSessions
+//
+// The session buckets are created by the first session write (a file
+// without them has no sessions; no schema change). Session writes go
+// through bbolt's Batch, which coalesces concurrent calls into one
+// transaction and one fsync: a reconnect storm begins thousands of
+// sessions at once. BeginSession reads, inserts and evicts in one
+// transaction, so the per-user cap is exact. A sweeper goroutine, started
+// by Open and stopped by Close, calls SweepSessions every
+// Options.SessionSweepEvery (1 m); it deletes a chunk of at most 1000
+// sessions per write transaction.
+//
+// Media (NewMedia, media.go) keeps its bytes in files and its metadata in
+// these buckets, created by NewMedia:
+//
+//	media          len|scope|id -> JSON storage.MediaInfo
+//	media-sha      len|scope|sha256 hex -> id: the dedupe key
+//	media-ids      id -> scope: which blob files are live
+//	media-uploads  upload id -> JSON upload (scope, size, mime, sha256, part size, times, media id once completed)
+//	media-parts    len|upload id|BE uint32 n -> JSON {size, sha256}
+//
+// and the files under MediaOptions.Dir (<data_dir>/media):
+//
+//	blobs/<id[:2]>/<id>   one file per media, its bytes
+//	uploads/<upload>/<n>  the stored parts of an upload
+//	tmp/                  files being written
+//
+// A Put streams into a temporary file (hashing as it goes), fsyncs it, and
+// checks the scope's dedupe key; new content is renamed into blobs/ (and
+// the directory fsynced) before the transaction that inserts its three
+// keys, which re-checks the dedupe key (bbolt's single writer makes the
+// check and the insert atomic; the loser removes its file). A part is
+// written the same way and renamed into uploads/ inside the transaction
+// that records it. Metadata therefore never names a missing file; a crash
+// can only leave files that no metadata names, and NewMedia removes them
+// (every temporary file, and blob files and upload directories without
+// keys) before the first write: the bbolt file lock guarantees that no
+// other process writes in the directory. Delete removes the keys, then
+// the file; an open reader keeps reading the unlinked file.
 //
 // The docs bucket is both the (scope, collection, id, version) guard and the
 // index Latest reads through; it points at the log rather than copying the

@@ -575,3 +575,20 @@ func checkConflicts(t *testing.T, tx *bbolt.Tx) error {
 		return nil
 	})
 }
+
+func TestSessionsConformance(t *testing.T) {
+	storagetest.RunSessions(t, func(t *testing.T, now func() time.Time) storage.Sessions {
+		return openSessionsChecked(t, now)
+	})
+}
+
+func TestMediaConformance(t *testing.T) {
+	storagetest.RunMedia(t, func(t *testing.T, now func() time.Time) storage.Media {
+		s, _ := openTemp(t, now)
+		m, err := NewMedia(s, MediaOptions{})
+		if err != nil {
+			t.Fatalf("NewMedia: %v", err)
+		}
+		return m
+	})
+}

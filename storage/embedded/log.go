@@ -40,7 +40,7 @@ const logFillPercent = 0.9
 // past head+1 that would leave a gap) are refused with a plain error and
 // commit nothing.
 func (s *Store) Commit(ctx context.Context, b *storage.Batch) (int, error) {
-	if err := validateBatch(b); err != nil {
+	if err := b.Validate(); err != nil {
 		return 0, fmt.Errorf("embedded: commit: %w", err)
 	}
 	if len(b.Entries) == 0 && len(b.Receipts) == 0 && len(b.Conflicts) == 0 && b.LastMutationID == 0 {
@@ -91,57 +91,6 @@ func (s *Store) Commit(ctx context.Context, b *storage.Batch) (int, error) {
 		return n, taken
 	}
 	return n, nil
-}
-
-// validateBatch catches programmer errors, which must not be mistaken for
-// lost races.
-func validateBatch(b *storage.Batch) error {
-	if b == nil {
-		return errors.New("nil batch")
-	}
-	if b.LastMutationID != 0 && b.Device == (storage.DeviceRef{}) {
-		return errors.New("LastMutationID without Device")
-	}
-	for i, r := range b.Receipts {
-		if r.Device == (storage.DeviceRef{}) {
-			return fmt.Errorf("receipt %d has no device", i)
-		}
-	}
-	for i, c := range b.Conflicts {
-		switch {
-		case c.ID == "":
-			return fmt.Errorf("conflict %d has no id", i)
-		case c.Scope == "" || c.Scope != b.Scope:
-			return fmt.Errorf("conflict %d: scope %q in a batch of scope %q", i, c.Scope, b.Scope)
-		case !c.Status.Valid():
-			return fmt.Errorf("conflict %d: unknown status %q", i, c.Status)
-		case c.Status == storage.ConflictOpen && !c.Closed.IsZero():
-			return fmt.Errorf("conflict %d: open but Closed is set", i)
-		}
-	}
-	if len(b.Entries) == 0 {
-		return nil
-	}
-	if b.Scope == "" {
-		return errors.New("batch has entries but no scope")
-	}
-	first := b.Entries[0].Seq
-	if first == 0 {
-		return errors.New("entry 0: seq 0 (seqs start at 1)")
-	}
-	for i, e := range b.Entries {
-		switch {
-		case e.Scope != b.Scope:
-			return fmt.Errorf("entry %d: scope %q in a batch of scope %q", i, e.Scope, b.Scope)
-		case e.Seq != first+uint64(i):
-			return fmt.Errorf("entry %d: seq %d, want %d (seqs must be contiguous)", i, e.Seq, first+uint64(i))
-		case e.Collection == "" || e.DocID == "":
-			return fmt.Errorf("entry %d: empty collection or document id", i)
-		case e.Version == 0:
-			return fmt.Errorf("entry %d: version 0 (versions start at 1)", i)
-		}
-	}
-	return nil
 }
 
 func encodeEntries(entries []storage.Entry, now time.Time) ([][]byte, error) {

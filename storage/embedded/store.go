@@ -37,6 +37,10 @@ type Options struct {
 	// Now stamps Entry.Committed and Receipt.Created when the caller left
 	// them zero. Default: nil means time.Now. Tests inject a clock.
 	Now func() time.Time
+	// SessionSweepEvery is how often expired device sessions are deleted
+	// (reads ignore them anyway; see SweepSessions). Default: 0 means one
+	// minute; negative disables the sweeper (tests sweep by hand).
+	SessionSweepEvery time.Duration
 }
 
 // Store is a storage.Store on one bbolt file. See the package comment for
@@ -49,6 +53,8 @@ type Store struct {
 	chunk  int // defaultChunk; tests lower it to cross chunk boundaries
 	closed atomic.Bool
 	group  groupCommit // Commit's write path
+
+	sweeper sessionSweeper // SweepSessions loop, stopped by Close
 }
 
 // Open opens (creating it and its directory if needed) the bbolt file at
@@ -88,6 +94,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.startSessionSweeper(opts.SessionSweepEvery)
 	s.log.Debug("embedded store opened", "path", path)
 	return s, nil
 }
@@ -198,6 +205,7 @@ func (s *Store) Close(ctx context.Context) error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return fmt.Errorf("embedded: close: %w", storage.ErrClosed)
 	}
+	s.stopSessionSweeper()
 	done := make(chan error, 1)
 	go func() { done <- s.db.Close() }()
 	select {

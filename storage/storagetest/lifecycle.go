@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,7 +20,19 @@ import (
 // lost race, mostly on the same few documents. Every commit must land
 // exactly once, with seqs and per-document versions contiguous.
 func testConcurrentWriters(t *testing.T, e *env) {
-	const writers, perWriter, maxRetries = 16, 40, 100_000
+	// 20 writers, as the brief asks. Every commit competes for the one
+	// next seq, so a round of 20 attempts lands one commit: on FerretDB (a
+	// scan per query) 16×40 commits took 209 s, hence 6 per writer by
+	// default; SYNCGATE_STORAGETEST_PER_WRITER runs a longer race.
+	const writers, maxRetries = 20, 100_000
+	perWriter := 6
+	if v := os.Getenv("SYNCGATE_STORAGETEST_PER_WRITER"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("SYNCGATE_STORAGETEST_PER_WRITER=%q: want a positive integer", v)
+		}
+		perWriter = n
+	}
 	hot := []string{"hot0", "hot1", "hot2"}
 	ctx := context.Background()
 	var retries atomic.Int64
@@ -129,10 +143,10 @@ func testConcurrentWriters(t *testing.T, e *env) {
 		if len(mids) != perWriter {
 			t.Errorf("%s: %d mutations committed, want %d", dev, len(mids), perWriter)
 		}
-		if st := e.device(t, dev); st.LastMutationID != perWriter {
+		if st := e.device(t, dev); st.LastMutationID != uint64(perWriter) {
 			t.Errorf("%s: LastMutationID %d, want %d", dev, st.LastMutationID, perWriter)
 		}
-		if r := e.receipt(t, dev, perWriter); r.Outcome != storage.Merged {
+		if r := e.receipt(t, dev, uint64(perWriter)); r.Outcome != storage.Merged {
 			t.Errorf("%s: Receipt(%d) = %+v, want the stored receipt", dev, perWriter, r)
 		}
 	}
