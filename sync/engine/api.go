@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -35,6 +37,32 @@ func cutPrefix(s, prefix string) (string, bool) {
 		return s[len(prefix):], true
 	}
 	return "", false
+}
+
+// MediaChecker tells the engine whether media exists, for the
+// {"$media": id} references a mutation adds: a reference to media that is
+// not in the mutation's own scope rejects the mutation (media_not_found).
+// An error means the check could not be made (the push is answered
+// retryably). MediaOf adapts a storage.Media.
+type MediaChecker interface {
+	MediaExists(ctx context.Context, scope, id string) (bool, error)
+}
+
+// MediaOf is the MediaChecker of a media store: media exists when Stat
+// finds it in the scope.
+func MediaOf(m storage.Media) MediaChecker { return mediaStat{m} }
+
+type mediaStat struct{ m storage.Media }
+
+func (c mediaStat) MediaExists(ctx context.Context, scope, id string) (bool, error) {
+	_, err := c.m.Stat(ctx, scope, id)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, storage.ErrNotFound):
+		return false, nil
+	}
+	return false, err
 }
 
 // Notifier receives every commit, in seq order per scope within this

@@ -33,6 +33,7 @@ type Engine struct {
 	scopes    keyedMutex // one writer per scope in this process
 	devices   keyedMutex // one push per device in this process; taken before a scope lock
 	m         *metrics
+	media     MediaChecker // nil: media refs are refused
 }
 
 // Options are the collaborators of an Engine. Store and Resolvers are required.
@@ -42,6 +43,10 @@ type Options struct {
 	Notifier  Notifier              // nil: commits are not announced
 	Logger    *slog.Logger          // nil: discard
 	Registry  prometheus.Registerer // nil: metrics are not registered
+	// Media checks the {"$media": id} references mutations add. nil: no
+	// media support, and every mutation adding a reference is rejected
+	// with media_not_found.
+	Media MediaChecker
 }
 
 // New builds an engine.
@@ -64,6 +69,7 @@ func New(cfg Config, o Options) (*Engine, error) {
 		log:       o.Logger,
 		clock:     hlc.New(cfg.Node, cfg.Now),
 		m:         newMetrics(o.Registry),
+		media:     o.Media,
 	}, nil
 }
 

@@ -83,6 +83,9 @@ type planned struct {
 	mut *protocol.Mutation
 	op  conflict.Op
 	col conflict.Collection
+	// refusal, when set, rejects the mutation without running the
+	// resolver (a missing $media reference; see checkMedia).
+	refusal *protocol.Error
 }
 
 // pushRun handles consecutive mutations of one scope. It returns the new
@@ -111,6 +114,10 @@ func (e *Engine) pushRun(ctx context.Context, p Principal, muts []protocol.Mutat
 		todo = append(todo, planned{idx: i, mut: m, op: op, col: col})
 	}
 	if len(todo) == 0 {
+		return high
+	}
+	if err := e.checkMedia(ctx, scope, todo); err != nil {
+		e.failAll(todo, results, asProtocolErr(err))
 		return high
 	}
 	e.commitRun(ctx, p, scope, todo, results)
@@ -395,6 +402,10 @@ func (e *Engine) resolveAll(ctx context.Context, dev storage.DeviceRef, scope st
 	closed := map[string]bool{}        // conflicts resolved earlier in this batch
 	for _, t := range todo {
 		m := t.mut
+		if t.refusal != nil {
+			pl.items = append(pl.items, refusedItem(dev, scope, m, t.refusal, now))
+			continue
+		}
 		key := docKey{m.Collection, m.DocID}
 		cur, ok := docs[key]
 		if !ok {

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/syncgate/syncgate/conflict"
+	"github.com/syncgate/syncgate/storage"
 )
 
 // Decode parses one client message. Errors are *Error with CodeMalformed or
@@ -248,6 +249,9 @@ func validateObject(obj map[string]any, depth int, lim Limits, top bool) *Error 
 	if depth > lim.MaxDepth {
 		return Errorf(CodeTooDeep, "document nests deeper than %d levels", lim.MaxDepth)
 	}
+	if ref, ok := obj[MediaRefKey]; ok && !top {
+		return validateMediaRef(obj, ref)
+	}
 	for k, v := range obj {
 		if err := validateFieldName(k, top); err != nil {
 			return err
@@ -294,6 +298,73 @@ func validateFieldName(k string, top bool) *Error {
 		return Errorf(CodeInvalidField, "field name %q is reserved", k)
 	}
 	return nil
+}
+
+// MediaRefKey is the one field name starting with '$' that a document may
+// hold: {"$media": "<id>"}, an object with exactly this key, anywhere
+// below the top level, references media of the document's scope. The
+// engine checks on commit that the media exists (media_not_found).
+const MediaRefKey = "$media"
+
+// validateMediaRef checks an object holding MediaRefKey: it must be the
+// object's only key, and its value a media id.
+func validateMediaRef(obj map[string]any, ref any) *Error {
+	if len(obj) != 1 {
+		return Errorf(CodeInvalidField, "a %s reference must be the only field of its object", MediaRefKey)
+	}
+	id, ok := ref.(string)
+	if !ok || !storage.ValidMediaID(id) {
+		return Errorf(CodeBadRequest, "a %s reference must be a media id (1-%d bytes of A-Z a-z 0-9 _ -)", MediaRefKey, storage.MaxMediaIDBytes)
+	}
+	return nil
+}
+
+// MediaRef returns the media id when v is a media reference.
+func MediaRef(v any) (string, bool) {
+	obj, ok := v.(map[string]any)
+	if !ok || len(obj) != 1 {
+		return "", false
+	}
+	id, ok := obj[MediaRefKey].(string)
+	return id, ok
+}
+
+// MediaRefs appends the media ids referenced anywhere in v to ids.
+func MediaRefs(ids []string, v any) []string {
+	if id, ok := MediaRef(v); ok {
+		return append(ids, id)
+	}
+	switch x := v.(type) {
+	case map[string]any:
+		for _, e := range x {
+			ids = MediaRefs(ids, e)
+		}
+	case []any:
+		for _, e := range x {
+			ids = MediaRefs(ids, e)
+		}
+	}
+	return ids
+}
+
+// MutationMediaRefs returns the media ids a mutation adds to its
+// document: in a put's data, a patch's set values and add values (a
+// remove or unset only drops references, which needs no check).
+// Duplicates may repeat.
+func MutationMediaRefs(m *Mutation) []string {
+	var ids []string
+	for _, v := range m.Data {
+		ids = MediaRefs(ids, v)
+	}
+	for _, v := range m.Set {
+		ids = MediaRefs(ids, v)
+	}
+	for _, vs := range m.Add {
+		for _, v := range vs {
+			ids = MediaRefs(ids, v)
+		}
+	}
+	return ids
 }
 
 // MaxDeviceBytes caps a device id.

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -111,6 +112,27 @@ func TestValidateMutation(t *testing.T) {
 		}, CodeBadRequest},
 		{"patch dotted unset", func(m *Mutation) { m.Op, m.Data = conflict.Patch, nil; m.Unset = []string{"a.b"} }, CodeInvalidField},
 		{"patch dollar inc", func(m *Mutation) { m.Op, m.Data = conflict.Patch, nil; m.Inc = map[string]float64{"$inc": 1} }, CodeInvalidField},
+		{"media ref", func(m *Mutation) { m.Data = map[string]any{"pic": map[string]any{"$media": "0123abcdef"}} }, ""},
+		{"media ref deep in an array", func(m *Mutation) {
+			m.Data = map[string]any{"a": []any{map[string]any{"b": map[string]any{"$media": "x_y-Z"}}}}
+		}, ""},
+		{"media ref in patch set and add", func(m *Mutation) {
+			m.Op, m.Data = conflict.Patch, nil
+			m.Set = map[string]any{"pic": map[string]any{"$media": "m1"}}
+			m.Add = map[string][]any{"files": {map[string]any{"$media": "m2"}}}
+		}, ""},
+		{"media ref as the document", func(m *Mutation) { m.Data = map[string]any{"$media": "m1"} }, CodeInvalidField},
+		{"media ref as a set field", func(m *Mutation) {
+			m.Op, m.Data = conflict.Patch, nil
+			m.Set = map[string]any{"$media": "m1"}
+		}, CodeInvalidField},
+		{"media ref with another key", func(m *Mutation) {
+			m.Data = map[string]any{"pic": map[string]any{"$media": "m1", "alt": "x"}}
+		}, CodeInvalidField},
+		{"media ref not a string", func(m *Mutation) { m.Data = map[string]any{"pic": map[string]any{"$media": 1.0}} }, CodeBadRequest},
+		{"media ref bad id", func(m *Mutation) { m.Data = map[string]any{"pic": map[string]any{"$media": "../etc"}} }, CodeBadRequest},
+		{"media ref empty id", func(m *Mutation) { m.Data = map[string]any{"pic": map[string]any{"$media": ""}} }, CodeBadRequest},
+		{"other dollar key stays refused", func(m *Mutation) { m.Data = map[string]any{"pic": map[string]any{"$file": "m1"}} }, CodeInvalidField},
 		{"delete with data", func(m *Mutation) { m.Op = conflict.Delete }, CodeBadRequest},
 		{"unknown op", func(m *Mutation) { m.Op = "merge" }, CodeBadRequest},
 	}
@@ -133,5 +155,24 @@ func TestMarshalSetsType(t *testing.T) {
 	b, err := Marshal(&Ack{Envelope: Envelope{Rid: 3}})
 	if err != nil || !strings.Contains(string(b), `"type":"ack"`) || !strings.Contains(string(b), `"rid":3`) {
 		t.Fatalf("%s %v", b, err)
+	}
+}
+
+func TestMutationMediaRefs(t *testing.T) {
+	m := Mutation{
+		Data: map[string]any{"a": map[string]any{"$media": "d1"}, "b": []any{1.0, map[string]any{"c": map[string]any{"$media": "d2"}}}},
+		PatchOps: conflict.PatchOps{
+			Set:    map[string]any{"s": map[string]any{"$media": "s1"}},
+			Add:    map[string][]any{"t": {map[string]any{"$media": "a1"}}},
+			Remove: map[string][]any{"t": {map[string]any{"$media": "r1"}}},
+		},
+	}
+	got := MutationMediaRefs(&m)
+	slices.Sort(got)
+	if want := []string{"a1", "d1", "d2", "s1"}; !slices.Equal(got, want) {
+		t.Fatalf("MutationMediaRefs = %v, want %v (removed refs need no check)", got, want)
+	}
+	if _, ok := MediaRef(map[string]any{"$media": "x", "y": 1.0}); ok {
+		t.Fatal("an object with a second key is not a reference")
 	}
 }

@@ -84,6 +84,10 @@ type Welcome struct {
 	Scopes       []ScopeState `json:"scopes"`
 	// ExpiresAt is the token expiry (Unix ms); refresh with an auth message before it.
 	ExpiresAt int64 `json:"expiresAt,omitempty"`
+	// SessionExpiresAt is when the session ends if the device stays away
+	// (Unix ms): a reconnect before it may resume Session. The server
+	// slides it forward while the device is connected.
+	SessionExpiresAt int64 `json:"sessionExpiresAt,omitempty"`
 	// Conflicts are the open manual conflicts of the granted scopes.
 	Conflicts []Conflict `json:"conflicts,omitempty"`
 	// Limits the client must respect.
