@@ -19,17 +19,24 @@ var ErrBrokerClosed = errors.New("gateway: broker closed")
 // block and must not call back into the bus (the Server's handler only
 // enqueues onto connections).
 type MemoryBus struct {
-	mu   sync.RWMutex
-	subs map[string]map[*MemoryBroker]struct{} // scope -> subscribed nodes
+	mu    sync.RWMutex
+	subs  map[string]map[*MemoryBroker]struct{} // scope -> subscribed nodes
+	nodes map[*MemoryBroker]struct{}            // attached nodes: control messages reach each
 }
 
 // NewMemoryBus returns an empty bus.
 func NewMemoryBus() *MemoryBus {
-	return &MemoryBus{subs: make(map[string]map[*MemoryBroker]struct{})}
+	return &MemoryBus{subs: make(map[string]map[*MemoryBroker]struct{}), nodes: make(map[*MemoryBroker]struct{})}
 }
 
 // Node attaches a new broker node to the bus.
-func (b *MemoryBus) Node() *MemoryBroker { return &MemoryBroker{bus: b} }
+func (b *MemoryBus) Node() *MemoryBroker {
+	m := &MemoryBroker{bus: b}
+	b.mu.Lock()
+	b.nodes[m] = struct{}{}
+	b.mu.Unlock()
+	return m
+}
 
 // MemoryBroker is the in-process Broker: the default of a single node, and
 // a node of a MemoryBus in multi-node tests. It is goroutine-safe.
@@ -37,13 +44,15 @@ type MemoryBroker struct {
 	bus *MemoryBus
 	// Guarded by bus.mu.
 	handler Handler
+	control ControlHandler
 	scopes  map[string]struct{} // this node's subscriptions
 	closed  bool
 }
 
 var (
-	_ Broker = (*MemoryBroker)(nil)
-	_ Closer = (*MemoryBroker)(nil)
+	_ Broker        = (*MemoryBroker)(nil)
+	_ Closer        = (*MemoryBroker)(nil)
+	_ ControlBroker = (*MemoryBroker)(nil)
 )
 
 // NewMemoryBroker returns a single-node broker on a private bus.
@@ -148,7 +157,40 @@ func (m *MemoryBroker) Close(context.Context) error {
 	for scope := range m.scopes {
 		m.unsubscribeLocked(scope)
 	}
-	m.closed, m.handler = true, nil
+	delete(m.bus.nodes, m)
+	m.closed, m.handler, m.control = true, nil, nil
+	return nil
+}
+
+// HandleControl implements ControlBroker.
+func (m *MemoryBroker) HandleControl(h ControlHandler) {
+	m.bus.mu.Lock()
+	defer m.bus.mu.Unlock()
+	m.control = h
+}
+
+// PublishControl implements ControlBroker: it calls the control handler of
+// every running node on the bus, this one included, before it returns
+// (synchronously, under the bus's read lock, like Publish). A node whose
+// Run has not started, or whose Run context ended, receives nothing, as
+// with Redis.
+func (m *MemoryBroker) PublishControl(ctx context.Context, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.bus.mu.RLock()
+	defer m.bus.mu.RUnlock()
+	switch {
+	case m.closed:
+		return ErrBrokerClosed
+	case m.handler == nil:
+		return errors.New("gateway: MemoryBroker is not running")
+	}
+	for node := range m.bus.nodes {
+		if node.handler != nil && node.control != nil {
+			node.control(data)
+		}
+	}
 	return nil
 }
 

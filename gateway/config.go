@@ -53,6 +53,26 @@ type Config struct {
 	// coalesces into one WebSocket frame (newline-delimited JSON).
 	// 1 disables coalescing. Default 64.
 	MaxMessagesPerFrame int
+
+	// SessionTTL is how long a device session lives after its device was
+	// last seen (connected, refreshed or disconnected): a reconnect within
+	// it resumes the session. Default 2h.
+	SessionTTL time.Duration
+
+	// SessionRememberTTL replaces SessionTTL for a token with the
+	// remember claim. Default 24h.
+	SessionRememberTTL time.Duration
+
+	// MaxSessionsPerUser caps a user's live sessions: beginning one more
+	// revokes the oldest and disconnects its device (close 4011).
+	// Default 10.
+	MaxSessionsPerUser int
+
+	// SessionRefresh is the period at which a connected device's session
+	// is refreshed in the store (its expiry slid forward, and a revocation
+	// the node missed noticed), capped at a quarter of the session's TTL.
+	// Default 5m.
+	SessionRefresh time.Duration
 }
 
 // Defaults, named so tests and docs can refer to them.
@@ -65,6 +85,10 @@ const (
 	DefaultWriteTimeout        = 10 * time.Second
 	DefaultShutdownTimeout     = 30 * time.Second
 	DefaultMaxMessagesPerFrame = 64
+	DefaultSessionTTL          = 2 * time.Hour
+	DefaultSessionRememberTTL  = 24 * time.Hour
+	DefaultMaxSessionsPerUser  = 10
+	DefaultSessionRefresh      = 5 * time.Minute
 )
 
 // withDefaults fills zero fields and validates the rest.
@@ -94,6 +118,10 @@ func (c Config) withDefaults() (Config, error) {
 	setDur(&c.PongTimeout, DefaultPongTimeout)
 	setDur(&c.WriteTimeout, DefaultWriteTimeout)
 	setDur(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	setInt(&c.MaxSessionsPerUser, DefaultMaxSessionsPerUser)
+	setDur(&c.SessionTTL, DefaultSessionTTL)
+	setDur(&c.SessionRememberTTL, DefaultSessionRememberTTL)
+	setDur(&c.SessionRefresh, DefaultSessionRefresh)
 
 	var errs []error
 	for _, f := range []struct {
@@ -103,6 +131,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"MaxMessageBytes", c.MaxMessageBytes},
 		{"OutboundQueueBytes", c.OutboundQueueBytes},
 		{"MaxMessagesPerFrame", c.MaxMessagesPerFrame},
+		{"MaxSessionsPerUser", c.MaxSessionsPerUser},
 	} {
 		if f.v < 0 {
 			errs = append(errs, fmt.Errorf("gateway: %s must be positive, got %d", f.name, f.v))
@@ -117,6 +146,9 @@ func (c Config) withDefaults() (Config, error) {
 		{"PongTimeout", c.PongTimeout},
 		{"WriteTimeout", c.WriteTimeout},
 		{"ShutdownTimeout", c.ShutdownTimeout},
+		{"SessionTTL", c.SessionTTL},
+		{"SessionRememberTTL", c.SessionRememberTTL},
+		{"SessionRefresh", c.SessionRefresh},
 	} {
 		if f.v < 0 {
 			errs = append(errs, fmt.Errorf("gateway: %s must be positive, got %s", f.name, f.v))

@@ -68,6 +68,10 @@ type conn struct {
 	// refresh either lands before the close decision (and cancels it) or
 	// finds the connection closing (and is too late).
 	expiryGen uint64
+	// refreshTimer refreshes the session in the store (sessions.go). It
+	// re-arms itself only while the connection is not closing, checked
+	// under mu, so once teardown has stopped it, it stays stopped.
+	refreshTimer *time.Timer
 
 	// Owned by the read loop goroutine; no lock.
 	sess     *session
@@ -128,7 +132,11 @@ func (c *conn) teardown() {
 		code = 1006 // RFC 6455 "abnormal closure": no close frame either way
 	}
 	c.queue, c.queued, c.closing = nil, 0, true
+	if c.refreshTimer != nil {
+		c.refreshTimer.Stop()
+	}
 	c.mu.Unlock()
+	c.endSession()
 	c.srv.metrics.closed(code)
 	c.logger().Debug("gateway: connection closed", "code", code)
 	close(c.done)

@@ -220,6 +220,7 @@ func TestConfigDefaults(t *testing.T) {
 		Node: cfg.Node, MaxMessageBytes: 1 << 20, OutboundQueueBytes: 4 << 20, HelloTimeout: 10 * time.Second,
 		PingInterval: 25 * time.Second, PongTimeout: 60 * time.Second, WriteTimeout: 10 * time.Second,
 		ShutdownTimeout: 30 * time.Second, MaxMessagesPerFrame: 64,
+		SessionTTL: 2 * time.Hour, SessionRememberTTL: 24 * time.Hour, MaxSessionsPerUser: 10, SessionRefresh: 5 * time.Minute,
 	}
 	if cfg != want || cfg.Node == "" {
 		t.Fatalf("defaults = %+v", cfg)
@@ -228,6 +229,8 @@ func TestConfigDefaults(t *testing.T) {
 		{MaxMessageBytes: -1},
 		{PingInterval: time.Minute, PongTimeout: time.Second},
 		{WriteTimeout: -time.Second},
+		{SessionTTL: -time.Hour},
+		{MaxSessionsPerUser: -1},
 	} {
 		if _, err := bad.withDefaults(); err == nil {
 			t.Errorf("%+v accepted", bad)

@@ -9,6 +9,10 @@
 //	POST /v1/sync/pull   HTTP fallback pull
 //	GET  /v1/scopes/{scope}/conflicts                 list manual conflicts (http_conflicts.go)
 //	POST /v1/scopes/{scope}/conflicts/{id}/resolve    resolve one
+//	GET  /v1/sessions    the caller's device sessions (http_sessions.go)
+//	DELETE /v1/sessions/{id}  revoke one (own, or anyone's with role admin)
+//	POST|GET|HEAD|DELETE /v1/media/{scope}[/{id}]     media: upload, download (Range, ETag), delete (http_media.go)
+//	/v1/media/{scope}/uploads[/{uid}[/parts/{n}|/complete]]  resumable uploads
 //	GET  /healthz        200 while the process runs
 //	GET  /readyz         200 while serving, 503 once draining
 //	GET  /metrics        Prometheus (the injected Gatherer)
@@ -53,7 +57,8 @@
 //
 // Must not block (they run under the engine's scope lock or a hub lock):
 // Server.Committed, Server.Conflicted, LateNotifier's methods,
-// Broker.Publish, the broker's Handler, hub.broadcast and conn.enqueue. Enqueue never waits for a socket: a connection whose queue
+// Broker.Publish, the broker's Handler and ControlHandler (which only
+// start closes), hub.broadcast and conn.enqueue. Enqueue never waits for a socket: a connection whose queue
 // would exceed OutboundQueueBytes is closed with 4008 instead. Socket
 // writes happen only on each connection's write loop, each bounded by
 // WriteTimeout.
@@ -74,8 +79,11 @@
 //     (held across Broker.Subscribe/Unsubscribe)
 //  3. engine scope lock          (sync/engine; held while calling Committed
 //     and Conflicted)
-//  4. broker locks (MemoryBus.mu) held while calling the Handler
+//  4. broker locks (MemoryBus.mu) held while calling the Handler and the
+//     ControlHandler
 //  5. hubShard.mu                scope -> connections; held while enqueueing
+//     sessionManager.mu          session id -> connections (sessions.go);
+//     held only for map operations, never with a hub lock
 //  6. conn.mu                    outbound queue and closing state; leaf
 //
 // Helpers that expect a held lock are named …Locked. conn.mu is a leaf: no
@@ -97,6 +105,9 @@
 // or missing hello, 4001 unauthorized, 4002 token expired (at exp plus the
 // verifier's leeway, auth.Claims.ValidUntil, when no refresh came), 4003 hello
 // timeout, 4004 ping timeout (best effort), 4008 slow consumer, 4010
-// shutdown, 1011 internal. After writing a close frame the server waits up
+// shutdown, 4011 session revoked or evicted (at hello, on a control
+// message, or at a refresh that finds the store's mark), 4012 session
+// expired while connected, 1011 internal (also: the session store is
+// unreachable at hello). After writing a close frame the server waits up
 // to closeGrace for the client's reply, then closes the socket.
 package gateway

@@ -60,6 +60,7 @@ type harnessSetup struct {
 	broker    Broker
 	resolvers *conflict.Registry
 	leeway    time.Duration
+	sessions  storage.Sessions // nil: the harness's own store
 }
 
 func withConfig(f func(*Config)) harnessOption { return func(s *harnessSetup) { f(&s.cfg) } }
@@ -72,6 +73,10 @@ func withBroker(b Broker) harnessOption { return func(s *harnessSetup) { s.broke
 func withResolvers(r *conflict.Registry) harnessOption {
 	return func(s *harnessSetup) { s.resolvers = r }
 }
+
+// withSessions makes the node share a session store with another node
+// (nodes of one cluster share one), instead of using its own store's.
+func withSessions(s storage.Sessions) harnessOption { return func(h *harnessSetup) { h.sessions = s } }
 
 // withLeeway sets the verifier's clock-skew leeway on exp and nbf.
 func withLeeway(d time.Duration) harnessOption { return func(s *harnessSetup) { s.leeway = d } }
@@ -117,7 +122,10 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := New(setup.cfg, Options{Engine: eng, Verifier: ver, Broker: setup.broker, Logger: testLogger(), Registry: reg})
+	if setup.sessions == nil {
+		setup.sessions = store
+	}
+	srv, err := New(setup.cfg, Options{Engine: eng, Verifier: ver, Broker: setup.broker, Logger: testLogger(), Registry: reg, Sessions: setup.sessions})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,9 +28,11 @@ import (
 //
 //	400 malformed, unknown_type, bad_request, invalid_*, too_deep, stale_mutation, bad_op
 //	401 unauthorized, token_expired (with WWW-Authenticate: Bearer)
-//	403 forbidden_scope
+//	403 forbidden_scope, forbidden
 //	404 not_found
+//	409 upload_conflict, upload_incomplete (media API)
 //	413 too_large
+//	415 unsupported_media_type (media API)
 //	500 internal
 //	503 unavailable, shutdown (with Retry-After)
 
@@ -242,12 +244,16 @@ func httpStatus(code protocol.Code) int {
 	switch code {
 	case protocol.CodeUnauthorized, protocol.CodeTokenExpired:
 		return http.StatusUnauthorized
-	case protocol.CodeForbiddenScope:
+	case protocol.CodeForbiddenScope, protocol.CodeForbidden:
 		return http.StatusForbidden
 	case protocol.CodeNotFound:
 		return http.StatusNotFound
 	case protocol.CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
+	case protocol.CodeUnsupportedMedia:
+		return http.StatusUnsupportedMediaType
+	case protocol.CodeUploadConflict, protocol.CodeUploadIncomplete:
+		return http.StatusConflict
 	case protocol.CodeUnavailable, protocol.CodeShutdown:
 		return http.StatusServiceUnavailable
 	case protocol.CodeInternal:

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/syncgate/syncgate/gateway/auth"
+	"github.com/syncgate/syncgate/storage"
 	"github.com/syncgate/syncgate/sync/engine"
 	"github.com/syncgate/syncgate/sync/protocol"
 )
@@ -52,7 +53,8 @@ var (
 	_ engine.Notifier = (*LateNotifier)(nil)
 )
 
-// Options are the Server's collaborators. Engine and Verifier are required.
+// Options are the Server's collaborators. Engine, Verifier and Sessions are
+// required.
 type Options struct {
 	Engine   Engine
 	Verifier Verifier
@@ -67,6 +69,14 @@ type Options struct {
 	// Gatherer is served at /metrics. nil: Registry, if it is also a
 	// Gatherer; otherwise /metrics is not served.
 	Gatherer prometheus.Gatherer
+	// Sessions stores device sessions (the stores in storage/embedded and
+	// storage/mongo implement it). Nodes of a cluster share one.
+	Sessions storage.Sessions
+	// Media stores the blobs of the media API (/v1/media). nil: the API
+	// answers 404, and the engine should refuse $media references.
+	Media storage.Media
+	// MediaConfig tunes the media API; zero fields take their defaults.
+	MediaConfig MediaConfig
 }
 
 // ErrServerClosed is returned by Serve after Shutdown has started.
@@ -93,6 +103,9 @@ type Server struct {
 	handler  http.Handler
 	http     *http.Server
 	limits   struct{ MaxBatch, PullLimit int }
+	sessions *sessionManager // device sessions (sessions.go)
+	media    storage.Media   // nil: no media API (http_media.go)
+	mediaCfg MediaConfig
 
 	// Encoded once: sent to many connections.
 	slowConsumerMsg []byte
@@ -120,8 +133,8 @@ func New(cfg Config, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o.Engine == nil || o.Verifier == nil {
-		return nil, errors.New("gateway: Engine and Verifier are required")
+	if o.Engine == nil || o.Verifier == nil || o.Sessions == nil {
+		return nil, errors.New("gateway: Engine, Verifier and Sessions are required")
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -145,6 +158,11 @@ func New(cfg Config, o Options) (*Server, error) {
 		hub:          newHub(o.Broker),
 		shutdownDone: make(chan struct{}),
 		conns:        make(map[*conn]struct{}),
+		media:        o.Media,
+		mediaCfg:     o.MediaConfig,
+	}
+	if err := errors.Join(s.mediaCfg.fill()...); err != nil {
+		return nil, err
 	}
 	ecfg := o.Engine.Config()
 	s.limits.MaxBatch, s.limits.PullLimit = ecfg.MaxBatch, ecfg.PullLimit
@@ -167,6 +185,10 @@ func New(cfg Config, o Options) (*Server, error) {
 		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
 			writeJSONError(w, status, protocol.CodeBadRequest, "websocket upgrade failed: "+reason.Error())
 		},
+	}
+	s.sessions = newSessionManager(o.Sessions, o.Broker, &s.cfg, s.log)
+	if cb, ok := o.Broker.(ControlBroker); ok {
+		cb.HandleControl(s.sessions.onControl) // before Run, which Serve calls
 	}
 	s.handler = s.routes()
 	s.http = &http.Server{
@@ -211,6 +233,9 @@ func (s *Server) routes() http.Handler {
 	r.POST("/v1/sync/pull", s.instrument("pull", s.handlePull))
 	r.GET("/v1/scopes/:scope/conflicts", s.instrument("conflicts", s.handleConflicts))
 	r.POST("/v1/scopes/:scope/conflicts/:id/resolve", s.instrument("resolve", s.handleResolve))
+	r.GET("/v1/sessions", s.instrument("sessions", s.handleSessions))
+	r.DELETE("/v1/sessions/:id", s.instrument("revoke_session", s.handleRevokeSession))
+	s.mediaRoutes(r)
 	return r
 }
 

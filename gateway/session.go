@@ -2,8 +2,6 @@ package gateway
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"slices"
@@ -12,6 +10,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/syncgate/syncgate/gateway/auth"
+	"github.com/syncgate/syncgate/storage"
 	"github.com/syncgate/syncgate/sync/engine"
 	"github.com/syncgate/syncgate/sync/protocol"
 )
@@ -20,8 +19,6 @@ const (
 	// maxSessionScopes caps the scopes one hello may ask for: Open reads
 	// two values per scope, so the cap bounds the work one message causes.
 	maxSessionScopes = 1024
-	// maxSessionIDBytes caps a client-supplied session id.
-	maxSessionIDBytes = 128
 )
 
 // session is an open (authenticated) connection's state. It is owned by the
@@ -106,6 +103,19 @@ func (c *conn) onHello(h *protocol.Hello) {
 			len(subs), maxSessionScopes), protocol.CloseProtocolError)
 		return
 	}
+	// The device session comes first: a revoked one is refused before
+	// any sync work.
+	rec, err := c.srv.sessions.begin(c.ctx, claims, h)
+	switch {
+	case errors.Is(err, storage.ErrSessionRevoked):
+		c.fatal(h.Rid, protocol.Errorf(protocol.CodeSessionRevoked,
+			"the session was revoked; sign in again and send hello without it"), protocol.CloseSessionRevoked)
+		return
+	case err != nil:
+		c.logger().Warn("gateway: beginning the session failed", "user", claims.Subject, "device", h.Device, "err", err)
+		c.fatal(h.Rid, protocol.Errorf(protocol.CodeUnavailable, "sessions are unavailable; retry"), protocol.CloseInternal)
+		return
+	}
 	p := engine.Principal{User: claims.Subject, Spaces: claims.Spaces, Device: h.Device}
 	res, err := c.srv.engine.Open(c.ctx, p, subs)
 	if err != nil {
@@ -114,10 +124,11 @@ func (c *conn) onHello(h *protocol.Hello) {
 		c.fatal(h.Rid, perr, protocol.CloseInternal)
 		return
 	}
-	sess := &session{id: sessionID(h.Session), principal: p, scopes: make(map[string]struct{}, len(res.Scopes))}
+	sess := &session{id: rec.ID, principal: p, scopes: make(map[string]struct{}, len(res.Scopes))}
 	c.sess = sess
 	c.log.Store(c.logger().With("user", p.User, "device", p.Device, "session", sess.id))
 	c.armExpiry(claims)
+	c.startSession(rec)
 
 	states := res.Scopes
 	if states == nil {
@@ -127,7 +138,7 @@ func (c *conn) onHello(h *protocol.Hello) {
 		Envelope: protocol.Envelope{Rid: h.Rid},
 		Protocol: protocol.Version, Session: sess.id, Node: c.srv.cfg.Node,
 		User: p.User, Device: p.Device, LastMutation: res.LastMutation, Scopes: states,
-		ExpiresAt: unixMilli(claims.ExpiresAt), Conflicts: res.Conflicts,
+		ExpiresAt: unixMilli(claims.ExpiresAt), SessionExpiresAt: unixMilli(rec.ExpiresAt), Conflicts: res.Conflicts,
 		MaxMessageBytes: c.srv.cfg.MaxMessageBytes, MaxBatch: c.srv.limits.MaxBatch, PullLimit: c.srv.limits.PullLimit,
 	})
 	for _, st := range states {
@@ -347,24 +358,6 @@ func dedupeSubscriptions(subs []protocol.Subscription) []protocol.Subscription {
 		out = append(out, s)
 	}
 	return out
-}
-
-// sessionID returns the client's session id when it is well-formed, and a
-// fresh random one (32 bytes, hex) otherwise.
-func sessionID(requested string) string {
-	if n := len(requested); n > 0 && n <= maxSessionIDBytes {
-		ok := true
-		for i := 0; ok && i < n; i++ {
-			ch := requested[i]
-			ok = ch == '-' || ch == '_' || (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
-		}
-		if ok {
-			return requested
-		}
-	}
-	var b [32]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
-	return hex.EncodeToString(b[:])
 }
 
 func unixMilli(t time.Time) int64 {

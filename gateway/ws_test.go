@@ -64,12 +64,18 @@ func TestHelloWelcome(t *testing.T) {
 		t.Fatalf("reset = %+v", r)
 	}
 
-	// A client-chosen session id is echoed.
+	if exp := time.UnixMilli(w.SessionExpiresAt); exp.Before(time.Now().Add(DefaultSessionTTL-time.Minute)) || exp.After(time.Now().Add(DefaultSessionTTL+time.Minute)) {
+		t.Fatalf("sessionExpiresAt %v is not about %s ahead", exp, DefaultSessionTTL)
+	}
+
+	// A client-chosen id names no session: a new one begins (the store
+	// mints ids; see sessions_test.go for resuming).
 	c2 := h.dial(t)
 	c2.send(&protocol.Hello{Protocol: 1, Token: token(t, "alice"), Device: "laptop", Session: "resume-me_1"})
-	c2.expect(protocol.TypeWelcome, &w)
-	if w.Session != "resume-me_1" {
-		t.Fatalf("session = %q", w.Session)
+	var w2 protocol.Welcome
+	c2.expect(protocol.TypeWelcome, &w2)
+	if b, err := hex.DecodeString(w2.Session); err != nil || len(b) != 32 || w2.Session == w.Session {
+		t.Fatalf("session = %q, want a new one", w2.Session)
 	}
 }
 
