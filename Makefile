@@ -40,6 +40,7 @@ FUZZ_VERIFY ?= 100000x
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_DECODE) ./sync/protocol/
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZ_VERIFY) ./gateway/auth/
+	$(GO) test -run '^$$' -fuzz '^FuzzContentDigest$$' -fuzztime $(FUZZ_VERIFY) ./gateway/
 
 ## bench: Go benchmarks and the end-to-end load generator, one run on this machine.
 bench: build

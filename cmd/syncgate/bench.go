@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,8 +11,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,7 +37,8 @@ import (
 // so the figures come with a same-machine, same-run baseline.
 func bench(args, env []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	url := fs.String("url", "", "ws:// URL of a running node (default: start one in process)")
+	url := fs.String("url", "", "ws:// URLs of running nodes, comma-separated; devices are spread over them (default: start --nodes in process)")
+	nodes := fs.Int("nodes", 1, "nodes to start in process (more than 1 needs --mongo-uri and --redis-addr); a scope's devices land on different nodes")
 	devices := fs.Int("devices", 50, "number of devices")
 	perScope := fs.Int("per-scope", 2, "devices sharing each scope (each push is delivered to the others)")
 	rate := fs.Float64("rate", 500, "total pushes per second")
@@ -44,8 +50,11 @@ func bench(args, env []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *devices < 2 || *perScope < 2 || *rate <= 0 || *batch < 1 {
-		return errors.New("bench: need --devices >= 2, --per-scope >= 2, --rate > 0, --batch >= 1")
+	if *devices < 2 || *perScope < 2 || *rate <= 0 || *batch < 1 || *nodes < 1 {
+		return errors.New("bench: need --devices >= 2, --per-scope >= 2, --rate > 0, --batch >= 1, --nodes >= 1")
+	}
+	if *nodes > 1 && (cfg.Mongo.URI == "" || cfg.Redis.Addr == "") {
+		return errors.New("bench: --nodes > 1 shares one cluster: set --mongo-uri and --redis-addr")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -61,24 +70,42 @@ func bench(args, env []string, stdout io.Writer) error {
 		defer pprof.StopCPUProfile()
 	}
 
-	target := *url
-	if target == "" {
+	var targets []string
+	if *url != "" {
+		targets = strings.Split(*url, ",")
+	} else {
 		dir, err := os.MkdirTemp("", "syncgate-bench-")
 		if err != nil {
 			return err
 		}
 		defer os.RemoveAll(dir)
-		cfg.DataDir, cfg.Listen = dir, "127.0.0.1:0"
-		cfg.Auth.SecretFile = ""
-		a, err := app.New(ctx, cfg, app.Options{})
-		if err != nil {
-			return err
+		if cfg.Auth.Secret == "" && len(cfg.Auth.Keys) == 0 {
+			// Every node must verify the tokens minted below: one secret.
+			secret := make([]byte, 32)
+			if _, err := rand.Read(secret); err != nil {
+				return err
+			}
+			cfg.Auth.Secret = hex.EncodeToString(secret)
 		}
-		done := make(chan error, 1)
-		runCtx, stop := context.WithCancel(ctx)
-		go func() { done <- a.Run(runCtx) }()
-		defer func() { stop(); <-done }()
-		target = "ws://" + a.Addr().String() + "/v1/ws"
+		if *nodes > 1 && cfg.Mongo.Database == "" {
+			// A fresh database per run: the figures do not depend on what
+			// earlier runs left in the log.
+			cfg.Mongo.Database = fmt.Sprintf("syncgate_bench_%d", time.Now().UnixNano())
+		}
+		for i := range *nodes {
+			nc := cfg
+			nc.DataDir, nc.Listen = filepath.Join(dir, strconv.Itoa(i)), "127.0.0.1:0"
+			nc.Node = fmt.Sprintf("%s-%d", cfg.Node, i)
+			a, err := app.New(ctx, nc, app.Options{})
+			if err != nil {
+				return err
+			}
+			done := make(chan error, 1)
+			runCtx, stop := context.WithCancel(ctx)
+			go func() { done <- a.Run(runCtx) }()
+			defer func() { stop(); <-done }()
+			targets = append(targets, "ws://"+a.Addr().String()+"/v1/ws")
+		}
 	}
 	vc, err := auth.FromConfig(cfg)
 	if err != nil {
@@ -93,7 +120,10 @@ func bench(args, env []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "syncgate bench: %d devices, %d per scope, %.0f pushes/s (%d mutations each), %s\n",
 		*devices, *perScope, *rate, *batch, *duration)
-	res, err := runSyncBench(ctx, target, mint, *devices, *perScope, *rate, *batch, *duration)
+	if len(targets) > 1 {
+		fmt.Fprintf(stdout, "devices spread over %d nodes: every delivery crosses nodes\n", len(targets))
+	}
+	res, err := runSyncBench(ctx, targets, mint, *devices, *perScope, *rate, *batch, *duration)
 	if err != nil {
 		return err
 	}
@@ -173,7 +203,7 @@ func pace(ctx context.Context, interval time.Duration, fn func()) {
 
 func randFrac() float64 { return float64(time.Now().UnixNano()%1000) / 1000 }
 
-func runSyncBench(ctx context.Context, url string, mint func(string) (string, error), n, perScope int, rate float64, batch int, dur time.Duration) (*benchResult, error) {
+func runSyncBench(ctx context.Context, urls []string, mint func(string) (string, error), n, perScope int, rate float64, batch int, dur time.Duration) (*benchResult, error) {
 	res := &benchResult{}
 	devs := make([]*client.Device, n)
 	for i := range devs {
@@ -182,7 +212,10 @@ func runSyncBench(ctx context.Context, url string, mint func(string) (string, er
 		if err != nil {
 			return nil, err
 		}
-		d := client.New(fmt.Sprintf("d%d", i), url, tok, "user:"+user)
+		// Device i goes to node i mod len(urls): with per-scope devices
+		// consecutive, a scope's devices sit on different nodes (when
+		// per-scope <= nodes), so every delivery crosses the broker.
+		d := client.New(fmt.Sprintf("d%d", i), urls[i%len(urls)], tok, "user:"+user)
 		self := d.ID
 		d.OnChanges = func(_ string, c *protocol.Changes, received time.Time) {
 			for _, e := range c.Entries {

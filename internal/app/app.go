@@ -14,10 +14,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
 	"github.com/syncgate/syncgate/conflict"
 	"github.com/syncgate/syncgate/gateway"
@@ -25,6 +27,7 @@ import (
 	"github.com/syncgate/syncgate/internal/config"
 	"github.com/syncgate/syncgate/storage"
 	"github.com/syncgate/syncgate/storage/embedded"
+	"github.com/syncgate/syncgate/storage/mongo"
 	"github.com/syncgate/syncgate/sync/engine"
 	"github.com/syncgate/syncgate/sync/protocol"
 )
@@ -37,6 +40,7 @@ type App struct {
 	engine   *engine.Engine
 	gateway  *gateway.Server
 	listener net.Listener
+	media    storage.Media // nil: no media API
 }
 
 // Options are what an embedder adds to a Config. The zero value is fine.
@@ -78,6 +82,15 @@ func New(ctx context.Context, cfg config.Config, o Options) (*App, error) {
 		store.Close(ctx)
 		return nil, fmt.Errorf("app: %w", err)
 	}
+	media, err := openMedia(ctx, cfg, store, log)
+	if err != nil {
+		store.Close(ctx)
+		return nil, fmt.Errorf("app: media: %w", err)
+	}
+	var mediaCheck engine.MediaChecker // nil (not a nil-valued interface): $media refs are refused
+	if media != nil {
+		mediaCheck = engine.MediaOf(media)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -90,6 +103,7 @@ func New(ctx context.Context, cfg config.Config, o Options) (*App, error) {
 		Notifier:  notifier,
 		Logger:    log,
 		Registry:  reg,
+		Media:     mediaCheck,
 	})
 	if err != nil {
 		store.Close(ctx)
@@ -106,8 +120,16 @@ func New(ctx context.Context, cfg config.Config, o Options) (*App, error) {
 			return nil, fmt.Errorf("app: redis: %w", err)
 		}
 	}
+	// Device sessions live in the same database as the log: both stores
+	// implement storage.Sessions beside storage.Store.
+	sessions, ok := store.(storage.Sessions)
+	if !ok {
+		store.Close(ctx)
+		return nil, fmt.Errorf("app: storage: %T does not store device sessions", store)
+	}
 	srv, err := gateway.New(gatewayConfig(cfg), gateway.Options{
-		Engine: eng, Verifier: verifier, Broker: broker, Logger: log, Registry: reg, Gatherer: reg,
+		Engine: eng, Verifier: verifier, Broker: broker, Logger: log, Registry: reg, Gatherer: reg, Sessions: sessions,
+		Media: media, MediaConfig: mediaConfig(cfg),
 	})
 	if err != nil {
 		store.Close(ctx)
@@ -119,17 +141,80 @@ func New(ctx context.Context, cfg config.Config, o Options) (*App, error) {
 		store.Close(ctx)
 		return nil, fmt.Errorf("app: listen: %w", err)
 	}
-	return &App{cfg: cfg, log: log, store: store, engine: eng, gateway: srv, listener: ln}, nil
+	return &App{cfg: cfg, log: log, store: store, engine: eng, gateway: srv, listener: ln, media: media}, nil
 }
 
-// openStore picks the storage: bbolt in the data directory.
+// openMedia builds the media store beside the log store, in the same
+// database: files under <data_dir>/media (metadata in the bbolt file) for
+// the embedded store, a GridFS bucket for MongoDB. A store of another
+// kind has no media (nil): the media API answers 404 and $media refs are
+// refused.
+func openMedia(ctx context.Context, cfg config.Config, store storage.Store, log *slog.Logger) (storage.Media, error) {
+	switch s := store.(type) {
+	case storage.Media: // a store that is its own media store
+		return s, nil
+	case *embedded.Store:
+		return embedded.NewMedia(s, embedded.MediaOptions{Dir: filepath.Join(cfg.DataDir, "media"), Logger: log})
+	case *mongo.Store:
+		return mongo.NewMedia(ctx, s, mongo.MediaOptions{Logger: log})
+	}
+	log.Warn("app: this store has no media support; the media API is off", "store", fmt.Sprintf("%T", store))
+	return nil, nil
+}
+
+func mediaConfig(c config.Config) gateway.MediaConfig {
+	return gateway.MediaConfig{
+		MaxBytes:     c.Media.MaxBytes,
+		AllowedTypes: c.Media.AllowedTypes,
+		PartBytes:    int64(c.Media.PartBytes),
+		UploadTTL:    c.Media.UploadTTL,
+	}
+}
+
+// mediaSweepEvery is the period of the upload sweep. Expired uploads are
+// invisible at once; the sweep only reclaims their space.
+const mediaSweepEvery = 15 * time.Minute
+
+// sweepUploads deletes expired resumable uploads every mediaSweepEvery
+// until ctx ends.
+func (a *App) sweepUploads(ctx context.Context) {
+	if a.media == nil {
+		return
+	}
+	t := time.NewTicker(mediaSweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, err := a.media.SweepUploads(ctx, time.Now())
+			switch {
+			case err != nil && ctx.Err() == nil:
+				a.log.Error("app: sweeping expired uploads failed", "err", err)
+			case n > 0:
+				a.log.Info("app: swept expired uploads", "uploads", n)
+			}
+		}
+	}
+}
+
+// openStore picks the storage: MongoDB when mongo.uri is set (every node of
+// a cluster shares it), else bbolt in the data directory.
 func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (storage.Store, error) {
 	if cfg.Mongo.URI != "" {
-		// Refuse rather than silently run on local storage while the
-		// operator believes the cluster shares MongoDB.
-		return nil, errors.New("mongo.uri is set, but this build has no MongoDB store yet: unset it to use the embedded store")
+		wc := writeconcern.Majority()
+		if cfg.Mongo.WriteConcern != "majority" {
+			n, err := strconv.Atoi(cfg.Mongo.WriteConcern) // validated by config
+			if err != nil {
+				return nil, fmt.Errorf("mongo.write_concern: %w", err)
+			}
+			wc = &writeconcern.WriteConcern{W: n}
+		}
+		return mongo.Open(ctx, cfg.Mongo.URI, cfg.Mongo.Database, mongo.Options{Logger: log, WriteConcern: wc,
+			SessionSweepEvery: cfg.Sessions.SweepEvery})
 	}
-	return embedded.Open(ctx, filepath.Join(cfg.DataDir, "syncgate.db"), embedded.Options{Logger: log})
+	return embedded.Open(ctx, filepath.Join(cfg.DataDir, "syncgate.db"), embedded.Options{Logger: log, SessionSweepEvery: cfg.Sessions.SweepEvery})
 }
 
 func engineConfig(c config.Config) engine.Config {
@@ -160,6 +245,9 @@ func gatewayConfig(c config.Config) gateway.Config {
 		PongTimeout:        c.Timing.PongTimeout,
 		WriteTimeout:       c.Timing.WriteTimeout,
 		ShutdownTimeout:    c.Timing.ShutdownTimeout,
+		SessionTTL:         c.Sessions.TTL,
+		SessionRememberTTL: c.Sessions.RememberTTL,
+		MaxSessionsPerUser: c.Sessions.MaxPerUser,
 	}
 }
 
@@ -176,6 +264,8 @@ func (a *App) Run(ctx context.Context) error {
 	engCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
 	engDone := make(chan error, 1)
 	go func() { engDone <- a.engine.Run(engCtx) }()
+	sweepDone := make(chan struct{})
+	go func() { defer close(sweepDone); a.sweepUploads(engCtx) }()
 
 	serveCtx, stopServe := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopServe()
@@ -202,6 +292,7 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	stopEngine()
 	<-engDone
+	<-sweepDone
 	if cerr := a.store.Close(context.Background()); cerr != nil && err == nil {
 		err = cerr
 	}

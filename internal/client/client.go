@@ -56,6 +56,7 @@ type Device struct {
 	Token string
 
 	user        string // from welcome: with ID, names this device in changes entries
+	session     string // from welcome: resumed by the next hello; forgotten on close 4011
 	mu          sync.Mutex
 	nextMID     uint64
 	wallMs      int64
@@ -237,10 +238,11 @@ func (d *Device) Connect(ctx context.Context) (*protocol.Welcome, error) {
 	for _, s := range d.scopes {
 		subs = append(subs, protocol.Subscription{Scope: s, Since: d.checkpoints[s]})
 	}
+	session := d.session
 	d.mu.Unlock()
 	welcomeCh := d.expect(0)
 	go d.readLoop(conn)
-	hello := &protocol.Hello{Protocol: protocol.Version, Token: d.Token, Device: d.ID, Scopes: subs}
+	hello := &protocol.Hello{Protocol: protocol.Version, Token: d.Token, Device: d.ID, Scopes: subs, Session: session}
 	if err := d.send(hello); err != nil {
 		return nil, err
 	}
@@ -253,7 +255,7 @@ func (d *Device) Connect(ctx context.Context) (*protocol.Welcome, error) {
 		return nil, fmt.Errorf("client: expected welcome, got %s", raw)
 	}
 	d.mu.Lock()
-	d.user = w.User
+	d.user, d.session = w.User, w.Session
 	if w.LastMutation > d.nextMID {
 		d.nextMID = w.LastMutation // the queue was lost: continue above the server's mark
 	}
@@ -558,6 +560,9 @@ func (d *Device) readLoop(conn *websocket.Conn) {
 			if errors.As(err, &ce) {
 				d.mu.Lock()
 				d.closeCode = ce.Code
+				if ce.Code == protocol.CloseSessionRevoked {
+					d.session = "" // revoked or evicted: never present it again
+				}
 				d.mu.Unlock()
 			}
 			return

@@ -52,6 +52,10 @@ type Config struct {
 	Limits  Limits  `yaml:"limits"`
 	Timing  Timing  `yaml:"timing"`
 	History History `yaml:"history"`
+	// Sessions configures device sessions (see docs/operations.md).
+	Sessions Sessions `yaml:"sessions"`
+	// Media configures the media API (/v1/media; see docs/operations.md).
+	Media Media `yaml:"media"`
 	// Collections sets the conflict rule of each collection, with per-field
 	// overrides; "*" is the default for every other collection. Empty (the
 	// default) means last-writer-wins per field for every collection. When
@@ -111,6 +115,11 @@ type Mongo struct {
 	// Database is the MongoDB database name. Default "": the database in
 	// the URI's path (mongodb://host/app → app), else "syncgate".
 	Database string `yaml:"database"`
+	// WriteConcern of every write: "majority", so an acknowledged commit
+	// survives a primary failover, or a number of members (1 acknowledges
+	// after the primary alone: faster, and a failover can lose the last
+	// writes). Default "majority".
+	WriteConcern string `yaml:"write_concern"`
 }
 
 // Redis selects Redis fan-out and presence.
@@ -199,6 +208,46 @@ type History struct {
 	ConflictRetention time.Duration `yaml:"conflict_retention"`
 }
 
+// Sessions configures device sessions: each connection begins or resumes
+// one, and a user has at most max_per_user live ones.
+type Sessions struct {
+	// TTL is how long a device session lives after its device was last
+	// seen (it is refreshed while the device is connected); a reconnect
+	// within it resumes the session (1m to 8760h). Default 2h.
+	TTL time.Duration `yaml:"ttl"`
+	// RememberTTL replaces ttl for a token with the remember claim (ttl
+	// to 8760h). Default 24h.
+	RememberTTL time.Duration `yaml:"remember_ttl"`
+	// MaxPerUser caps a user's live sessions: beginning one more revokes
+	// the oldest and disconnects its device (1 to 1000). Default 10.
+	MaxPerUser int `yaml:"max_per_user"`
+	// SweepEvery is how often expired sessions are deleted by the
+	// embedded store, and by the MongoDB store on a server without TTL
+	// indexes (1s to 24h). Reads ignore expired sessions anyway. Default 1m.
+	SweepEvery time.Duration `yaml:"sweep_every"`
+}
+
+// Media configures the media API and its storage: files under
+// <data_dir>/media with the embedded store, a GridFS bucket with MongoDB.
+type Media struct {
+	// MaxBytes caps one media: a streamed upload, or the size a resumable
+	// upload announces (1KiB to 1TiB). Default 104857600 (100 MiB).
+	MaxBytes int64 `yaml:"max_bytes"`
+	// AllowedTypes are the MIME types an upload may have: type/subtype,
+	// type/* or */*, matched case-insensitively (at least one; in the
+	// environment, comma-separated). Default image/*, video/*, audio/*,
+	// application/pdf, application/octet-stream.
+	AllowedTypes []string `yaml:"allowed_types"`
+	// PartBytes is the size of every part of a resumable upload but the
+	// last (64KiB to 15MiB: with MongoDB a part is one document). Default
+	// 5242880 (5 MiB).
+	PartBytes int `yaml:"part_bytes"`
+	// UploadTTL is how long a resumable upload may take from its creation;
+	// then it and its parts are invisible, and deleted by the next sweep
+	// (1m to 720h). Default 24h.
+	UploadTTL time.Duration `yaml:"upload_ttl"`
+}
+
 // Default returns the configuration used when nothing is set. It is the only
 // place defaults are written down.
 func Default() Config {
@@ -213,7 +262,7 @@ func Default() Config {
 			Audience: "syncgate",
 			Leeway:   30 * time.Second,
 		},
-		Mongo: Mongo{},
+		Mongo: Mongo{WriteConcern: "majority"},
 		Redis: Redis{Prefix: "syncgate"},
 		Limits: Limits{
 			MaxMessageBytes:    1 * MiB,
@@ -240,6 +289,18 @@ func Default() Config {
 			ReceiptTTL:           24 * time.Hour,
 			ConflictAbandonAfter: 720 * time.Hour,
 			ConflictRetention:    168 * time.Hour,
+		},
+		Sessions: Sessions{
+			TTL:         2 * time.Hour,
+			RememberTTL: 24 * time.Hour,
+			MaxPerUser:  10,
+			SweepEvery:  time.Minute,
+		},
+		Media: Media{
+			MaxBytes:     100 * MiB,
+			AllowedTypes: []string{"image/*", "video/*", "audio/*", "application/pdf", "application/octet-stream"},
+			PartBytes:    5 * MiB,
+			UploadTTL:    24 * time.Hour,
 		},
 		Collections: map[string]conflict.CollectionConfig{},
 	}

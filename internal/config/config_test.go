@@ -45,6 +45,8 @@ func TestDefaultIsValid(t *testing.T) {
 		"timing.pong_timeout": 60 * time.Second, "timing.write_timeout": 10 * time.Second,
 		"timing.shutdown_timeout": 30 * time.Second,
 		"history.retention":       720 * time.Hour, "history.compact_every": time.Hour, "history.receipt_ttl": 24 * time.Hour,
+		"sessions.ttl": 2 * time.Hour, "sessions.remember_ttl": 24 * time.Hour, "sessions.max_per_user": 10,
+		"sessions.sweep_every": time.Minute,
 	}
 	byPath := fieldsByPath()
 	v := reflect.ValueOf(d)
@@ -100,6 +102,8 @@ func TestNaming(t *testing.T) {
 		"listen": "SYNCGATE_LISTEN", "data_dir": "SYNCGATE_DATA_DIR", "auth.issuer": "SYNCGATE_AUTH_ISSUER",
 		"limits.max_message_bytes": "SYNCGATE_LIMITS_MAX_MESSAGE_BYTES", "timing.ping_interval": "SYNCGATE_TIMING_PING_INTERVAL",
 		"mongo.uri": "SYNCGATE_MONGO_URI", "redis.addr": "SYNCGATE_REDIS_ADDR",
+		"media.max_bytes": "SYNCGATE_MEDIA_MAX_BYTES", "media.allowed_types": "SYNCGATE_MEDIA_ALLOWED_TYPES",
+		"media.part_bytes": "SYNCGATE_MEDIA_PART_BYTES", "media.upload_ttl": "SYNCGATE_MEDIA_UPLOAD_TTL",
 	} {
 		if got := fieldsByPath()[path].envName(); got != env {
 			t.Errorf("env name of %s = %s, want %s", path, got, env)
@@ -238,6 +242,18 @@ mongo:
 		cfg, _, err = Load([]string{"--config", other}, []string{"SYNCGATE_CONFIG=" + path})
 		if err != nil || cfg.Listen != "0.0.0.0:3000" {
 			t.Fatalf("--config over SYNCGATE_CONFIG: listen %q, err %v", cfg.Listen, err)
+		}
+	})
+
+	t.Run("sessions section from file and env", func(t *testing.T) {
+		f := writeFile(t, "s.yaml", "sessions:\n  ttl: 1h\n  max_per_user: 3\n")
+		cfg, warnings, err := Load([]string{"--config", f}, []string{"SYNCGATE_SESSIONS_MAX_PER_USER=5", "SYNCGATE_SESSIONS_REMEMBER_TTL=72h", "SYNCGATE_SESSIONS_SWEEP_EVERY=30s"})
+		want := Sessions{TTL: time.Hour, RememberTTL: 72 * time.Hour, MaxPerUser: 5, SweepEvery: 30 * time.Second}
+		if err != nil || len(warnings) > 0 || cfg.Sessions != want {
+			t.Fatalf("sessions = %+v (warnings %v, err %v), want %+v", cfg.Sessions, warnings, err, want)
+		}
+		if _, _, err := Load(nil, []string{"SYNCGATE_SESSIONS_TTL=forever"}); err == nil || !strings.Contains(err.Error(), "sessions.ttl wants a duration") {
+			t.Fatalf("bad SYNCGATE_SESSIONS_TTL: %v", err)
 		}
 	})
 }
@@ -390,6 +406,43 @@ func TestEnvWarnings(t *testing.T) {
 	}
 }
 
+func TestMediaSettings(t *testing.T) {
+	d := Default().Media
+	if d.MaxBytes != 100<<20 || d.PartBytes != 5<<20 || d.UploadTTL != 24*time.Hour ||
+		!reflect.DeepEqual(d.AllowedTypes, []string{"image/*", "video/*", "audio/*", "application/pdf", "application/octet-stream"}) {
+		t.Fatalf("media defaults = %+v", d)
+	}
+	cfg, warnings, err := Load(nil, []string{
+		"SYNCGATE_MEDIA_MAX_BYTES=1048576", "SYNCGATE_MEDIA_ALLOWED_TYPES= image/png, application/pdf ,,",
+		"SYNCGATE_MEDIA_PART_BYTES=65536", "SYNCGATE_MEDIA_UPLOAD_TTL=2h",
+	})
+	if err != nil || len(warnings) > 0 {
+		t.Fatalf("Load: %v %v", warnings, err)
+	}
+	want := Media{MaxBytes: 1 << 20, AllowedTypes: []string{"image/png", "application/pdf"}, PartBytes: 64 << 10, UploadTTL: 2 * time.Hour}
+	if !reflect.DeepEqual(cfg.Media, want) {
+		t.Fatalf("media from the environment = %+v, want %+v", cfg.Media, want)
+	}
+	// The file's list; the environment replaces it whole.
+	path := writeFile(t, "m.yaml", "media:\n  allowed_types: [\"*/*\"]\n  max_bytes: 2048\n")
+	cfg, _, err = Load([]string{"--config", path}, nil)
+	if err != nil || !reflect.DeepEqual(cfg.Media.AllowedTypes, []string{"*/*"}) || cfg.Media.MaxBytes != 2048 {
+		t.Fatalf("media from the file = %+v, %v", cfg.Media, err)
+	}
+	cfg, _, err = Load([]string{"--config", path}, []string{"SYNCGATE_MEDIA_ALLOWED_TYPES=video/*"})
+	if err != nil || !reflect.DeepEqual(cfg.Media.AllowedTypes, []string{"video/*"}) {
+		t.Fatalf("env over file = %+v, %v", cfg.Media, err)
+	}
+	_, _, err = Load(nil, []string{"SYNCGATE_MEDIA_ALLOWED_TYPES="})
+	if err == nil || !strings.Contains(err.Error(), "media.allowed_types must list at least one type") {
+		t.Fatalf("an empty list: %v", err)
+	}
+	_, _, err = Load(nil, []string{"SYNCGATE_MEDIA_MAX_BYTES=lots"})
+	if err == nil || !strings.Contains(err.Error(), "media.max_bytes wants an integer") {
+		t.Fatalf("a bad size: %v", err)
+	}
+}
+
 func TestFlagsLoadNeedsParse(t *testing.T) {
 	fs := flag.NewFlagSet("token", flag.ContinueOnError)
 	f := AddFlags(fs)
@@ -471,6 +524,9 @@ func TestValidate(t *testing.T) {
 		{"mongo scheme", func(c *Config) { c.Mongo.URI = "postgres://user:pw@h/db" }, []string{`mongo.uri must start with mongodb:// or mongodb+srv://, got scheme "postgres"`, "!pw@"}},
 		{"mongo srv ok", func(c *Config) { c.Mongo.URI = "mongodb+srv://u:p@cluster.example.com" }, nil},
 		{"mongo database", func(c *Config) { c.Mongo.Database = "a.b" }, []string{`mongo.database must be empty`, `got "a.b"`}},
+		{"mongo write concern", func(c *Config) { c.Mongo.WriteConcern = "all" }, []string{`mongo.write_concern must be majority or a member count`, `got "all"`}},
+		{"mongo write concern zero", func(c *Config) { c.Mongo.WriteConcern = "0" }, []string{`mongo.write_concern`}},
+		{"mongo write concern 1", func(c *Config) { c.Mongo.WriteConcern = "1" }, nil},
 		{"redis addr", func(c *Config) { c.Redis.Addr = "localhost" }, []string{`redis.addr must be host:port, got "localhost"`}},
 		{"redis addr no host", func(c *Config) { c.Redis.Addr = ":6379" }, []string{`redis.addr must name a host, got ":6379"`}},
 		{"redis port 0", func(c *Config) { c.Redis.Addr = "r:0" }, []string{`redis.addr port must be a number from 1 to 65535, got "0"`}},
@@ -511,6 +567,23 @@ func TestValidate(t *testing.T) {
 		{"retention", func(c *Config) { c.History.Retention = 0 }, []string{"history.retention must be greater than 0, got 0s"}},
 		{"compact every", func(c *Config) { c.History.CompactEvery = 0 }, []string{"history.compact_every must be greater than 0"}},
 		{"receipt ttl", func(c *Config) { c.History.ReceiptTTL = 23 * time.Hour }, []string{"history.receipt_ttl must be at least 24h0m0s, got 23h0m0s"}},
+
+		{"media max bytes", func(c *Config) { c.Media.MaxBytes = 10 }, []string{"media.max_bytes must be between 1KiB and 1TiB, got 10"}},
+		{"media max bytes huge", func(c *Config) { c.Media.MaxBytes = 2 << 40 }, []string{"media.max_bytes must be between"}},
+		{"media part bytes", func(c *Config) { c.Media.PartBytes = 16 << 20 }, []string{"media.part_bytes must be between 64KiB and 15MiB, got 16777216"}},
+		{"media upload ttl", func(c *Config) { c.Media.UploadTTL = time.Second }, []string{"media.upload_ttl must be between 1m and 720h, got 1s"}},
+		{"media no types", func(c *Config) { c.Media.AllowedTypes = nil }, []string{"media.allowed_types must list at least one type"}},
+		{"media bad type", func(c *Config) { c.Media.AllowedTypes = []string{"image/*", "image", "*/png"} },
+			[]string{`media.allowed_types[1] must be type/subtype, type/* or */*, got "image"`, `media.allowed_types[2]`}},
+		{"media any type", func(c *Config) { c.Media.AllowedTypes = []string{"*/*"} }, nil},
+
+		{"session ttl short", func(c *Config) { c.Sessions.TTL = 30 * time.Second }, []string{"sessions.ttl must be between 1m and 8760h0m0s, got 30s"}},
+		{"session ttl long", func(c *Config) { c.Sessions.TTL = 9000 * time.Hour; c.Sessions.RememberTTL = 9000 * time.Hour }, []string{"sessions.ttl must be between", "sessions.remember_ttl must be between"}},
+		{"remember below ttl", func(c *Config) { c.Sessions.RememberTTL = time.Hour }, []string{"sessions.remember_ttl must be between sessions.ttl (2h0m0s) and 8760h0m0s, got 1h0m0s"}},
+		{"remember equal ttl", func(c *Config) { c.Sessions.RememberTTL = c.Sessions.TTL }, nil},
+		{"max per user 0", func(c *Config) { c.Sessions.MaxPerUser = 0 }, []string{"sessions.max_per_user must be between 1 and 1000, got 0"}},
+		{"max per user 1", func(c *Config) { c.Sessions.MaxPerUser = 1 }, nil},
+		{"sweep every", func(c *Config) { c.Sessions.SweepEvery = 0 }, []string{"sessions.sweep_every must be between 1s and 24h, got 0s"}},
 
 		{"all problems at once", func(c *Config) {
 			c.Listen = ""

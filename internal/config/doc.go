@@ -15,7 +15,9 @@
 //     settings have flags: --listen, --data-dir, --node, --log-level,
 //     --log-format, --auth-secret, --mongo-uri, --redis-addr (and --config).
 //   - Durations are Go durations ("30s", "1h30m") everywhere; sizes are plain
-//     integers of bytes. auth.keys can only be set in the file.
+//     integers of bytes. A list of strings (media.allowed_types) is
+//     comma-separated in the environment. auth.keys can only be set in
+//     the file.
 //   - An unknown YAML key is an error naming the key, its line and the
 //     closest known key. A SYNCGATE_* variable that names no setting is a
 //     warning returned to the caller (never printed here); a value that does

@@ -360,6 +360,8 @@ func (f field) scalar() bool {
 	switch f.typ.Kind() {
 	case reflect.String, reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
 		return true
+	case reflect.Slice: // a list of strings is comma-separated
+		return f.typ.Elem().Kind() == reflect.String
 	}
 	return false
 }
@@ -383,6 +385,16 @@ func (f field) set(cfg *Config, s string) error {
 			return fmt.Errorf("%s wants true or false: %w", f.path, numErr(err))
 		}
 		v.SetBool(b)
+	case f.typ.Kind() == reflect.Slice && f.scalar():
+		// "a, b,c" is [a b c]; empty items are dropped, so "" is the
+		// empty list.
+		list := reflect.MakeSlice(f.typ, 0, 0)
+		for item := range strings.SplitSeq(s, ",") {
+			if item = strings.TrimSpace(item); item != "" {
+				list = reflect.Append(list, reflect.ValueOf(item).Convert(f.typ.Elem()))
+			}
+		}
+		v.Set(list)
 	case f.scalar(): // the int kinds
 		n, err := strconv.ParseInt(s, 10, f.typ.Bits())
 		if err != nil {

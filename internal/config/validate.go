@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"mime"
 	"net"
 	"os"
 	"strconv"
@@ -44,6 +45,8 @@ func (c Config) Validate() error {
 	c.Limits.validate(&p)
 	c.Timing.validate(&p)
 	c.History.validate(&p)
+	c.Sessions.validate(&p)
+	c.Media.validate(&p)
 	return errors.Join(p...)
 }
 
@@ -107,6 +110,11 @@ func (m Mongo) validate(p *problems) {
 	if m.Database != "" && (len(m.Database) > 63 || strings.ContainsAny(m.Database, "/\\. \"$*<>:|?\x00")) {
 		p.add("mongo.database must be empty (the URI's database) or 1 to 63 bytes without /\\. \"$*<>:|? characters, got %q", m.Database)
 	}
+	if m.WriteConcern != "majority" {
+		if n, err := strconv.Atoi(m.WriteConcern); err != nil || n < 1 || n > 50 {
+			p.add("mongo.write_concern must be majority or a member count from 1 to 50, got %q", m.WriteConcern)
+		}
+	}
 }
 
 func (r Redis) validate(p *problems) {
@@ -164,6 +172,55 @@ func (h History) validate(p *problems) {
 	if h.ReceiptTTL < minReceiptTTL {
 		p.add("history.receipt_ttl must be at least %s, got %s", minReceiptTTL, h.ReceiptTTL)
 	}
+}
+
+func (s Sessions) validate(p *problems) {
+	const maxTTL = 8760 * time.Hour // a year
+	if s.TTL < time.Minute || s.TTL > maxTTL {
+		p.add("sessions.ttl must be between 1m and %s, got %s", maxTTL, s.TTL)
+	}
+	if s.RememberTTL < s.TTL || s.RememberTTL > maxTTL {
+		p.add("sessions.remember_ttl must be between sessions.ttl (%s) and %s, got %s", s.TTL, maxTTL, s.RememberTTL)
+	}
+	p.count("sessions.max_per_user", s.MaxPerUser, 1, 1000)
+	if s.SweepEvery < time.Second || s.SweepEvery > 24*time.Hour {
+		p.add("sessions.sweep_every must be between 1s and 24h, got %s", s.SweepEvery)
+	}
+}
+
+func (m Media) validate(p *problems) {
+	if m.MaxBytes < KiB || m.MaxBytes > 1<<40 {
+		p.add("media.max_bytes must be between 1KiB and 1TiB, got %d", m.MaxBytes)
+	}
+	p.bytes("media.part_bytes", m.PartBytes, 64*KiB, 15*MiB)
+	if m.UploadTTL < time.Minute || m.UploadTTL > 720*time.Hour {
+		p.add("media.upload_ttl must be between 1m and 720h, got %s", m.UploadTTL)
+	}
+	if len(m.AllowedTypes) == 0 {
+		p.add("media.allowed_types must list at least one type (*/* allows all)")
+	}
+	for i, t := range m.AllowedTypes {
+		if !validTypePattern(strings.ToLower(strings.TrimSpace(t))) {
+			p.add("media.allowed_types[%d] must be type/subtype, type/* or */*, got %q", i, t)
+		}
+	}
+}
+
+// validTypePattern checks a media.allowed_types entry (the gateway, which
+// matches them, checks them the same way).
+func validTypePattern(pat string) bool {
+	if pat == "*/*" {
+		return true
+	}
+	typ, sub, ok := strings.Cut(pat, "/")
+	if !ok || typ == "" || typ == "*" || sub == "" {
+		return false
+	}
+	if sub == "*" {
+		sub = "x"
+	}
+	_, _, err := mime.ParseMediaType(typ + "/" + sub)
+	return err == nil
 }
 
 // problems collects validation errors.
