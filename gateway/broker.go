@@ -15,6 +15,12 @@ import "context"
 // the encoded `changes` message, exactly as the publisher passed it. The
 // slice is shared and must not be modified. A Handler must not block; the
 // Server's handler only enqueues onto connections.
+//
+// nil data is a signal, not a message: the broker may have lost messages
+// of scope (a networked broker calls it, for every subscribed scope, once
+// its subscriptions are back after a connection failure). The Server then
+// broadcasts the scope's newest log entry, so devices that missed
+// something see a gap and pull, even if the scope never changes again.
 type Handler func(scope string, data []byte)
 
 // Broker fans committed changes out to every node that has local subscribers

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"testing"
 	"time"
@@ -15,7 +16,8 @@ type brokerNodes func(t *testing.T, n int) []Broker
 // recorder is a Handler that records deliveries.
 type recorder struct {
 	mu   sync.Mutex
-	msgs []string // "scope data"
+	msgs []string       // "scope data"
+	lost map[string]int // scope -> nil-data signals
 	wake chan struct{}
 }
 
@@ -23,12 +25,26 @@ func newRecorder() *recorder { return &recorder{wake: make(chan struct{}, 1)} }
 
 func (r *recorder) handle(scope string, data []byte) {
 	r.mu.Lock()
-	r.msgs = append(r.msgs, scope+" "+string(data))
+	if data == nil { // "may have lost messages of scope" (Handler)
+		if r.lost == nil {
+			r.lost = map[string]int{}
+		}
+		r.lost[scope]++
+	} else {
+		r.msgs = append(r.msgs, scope+" "+string(data))
+	}
 	r.mu.Unlock()
 	select {
 	case r.wake <- struct{}{}:
 	default:
 	}
+}
+
+// lostSignals returns how often each scope was reported as possibly lossy.
+func (r *recorder) lostSignals() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.lost)
 }
 
 func (r *recorder) snapshot() []string {

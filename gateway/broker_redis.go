@@ -1082,10 +1082,20 @@ func (s *redisShard) reconnect(lostAt time.Time) {
 	}
 	b.m.resubscribes.Inc()
 	s.mu.RLock()
-	n := len(s.subs)
+	scopes := make([]string, 0, len(s.subs))
+	for scope := range s.subs {
+		scopes = append(scopes, scope)
+	}
 	s.mu.RUnlock()
-	b.log.Info("redis broker: subscriber connection back; resubscribed", "shard", s.idx, "scopes", n,
+	b.log.Info("redis broker: subscriber connection back; resubscribed", "shard", s.idx, "scopes", len(scopes),
 		"down", time.Since(lostAt).Round(time.Millisecond))
+	// Messages published while the connection was down are gone: tell the
+	// handler which scopes may have missed some (Handler, nil data).
+	if h := b.handler.Load(); h != nil {
+		for _, scope := range scopes {
+			(*h)(scope, nil)
+		}
+	}
 }
 
 // replace swaps a silent PubSub for a new one subscribed to the shard's

@@ -484,6 +484,12 @@ func TestRedisBrokerRedisRestart(t *testing.T) {
 	eventually(t, 15*time.Second, "both nodes resubscribed", func() bool {
 		return counter(t, bs[0].m.resubscribes) >= 1 && counter(t, bs[1].m.resubscribes) >= 1
 	})
+	// Node 1 was told that both of its scopes may have lost messages, so
+	// the Server can send its devices a resync hint.
+	eventually(t, waitTimeout, "lost-message signals", func() bool {
+		l := rs[1].lostSignals()
+		return l["user:a"] >= 1 && l["space:s"] >= 1
+	})
 	before := len(rs[1].snapshot())
 	eventually(t, waitTimeout, "delivery resumed", func() bool { return len(rs[1].snapshot()) > before+50 })
 	close(stopTraffic)

@@ -21,6 +21,8 @@ type metrics struct {
 	closes           *prometheus.CounterVec
 	httpRequests     *prometheus.CounterVec
 	brokerErrors     prometheus.Counter
+	resyncHints      prometheus.Counter
+	resyncDropped    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -65,6 +67,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "syncgate", Name: "broker_errors_total",
 			Help: "Broker publish, subscribe or unsubscribe calls that failed.",
 		}),
+		resyncHints: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "syncgate", Name: "resync_hints_total",
+			Help: "Newest-entry hints broadcast to a scope's local devices after the broker may have lost its messages (a Redis reconnect).",
+		}),
+		resyncDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "syncgate", Name: "resync_dropped_total",
+			Help: "Resync hints not sent because the resync queue was full.",
+		}),
 	}
 	for _, t := range []string{
 		protocol.TypeHello, protocol.TypePush, protocol.TypePull, protocol.TypeAuth, protocol.TypePing, typeInvalid,
@@ -73,7 +83,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.connectionsTotal, m.messagesIn, m.messagesOut, m.bytesOut,
-			m.framesOut, m.slowConsumers, m.closes, m.httpRequests, m.brokerErrors)
+			m.framesOut, m.slowConsumers, m.closes, m.httpRequests, m.brokerErrors, m.resyncHints, m.resyncDropped)
 	}
 	return m
 }

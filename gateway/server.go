@@ -38,6 +38,9 @@ type Engine interface {
 	ResolveConflict(ctx context.Context, p engine.Principal, scope, id string, r engine.Resolution) (protocol.Result, error)
 	// Config gives the limits announced in welcome (MaxBatch, PullLimit).
 	Config() engine.Config
+	// Latest is scope's newest entry as a changes message (nil: empty
+	// scope), broadcast after fan-out may have lost messages.
+	Latest(ctx context.Context, scope string) (*protocol.Changes, error)
 }
 
 // Verifier checks client tokens. *auth.Verifier implements it. Errors must
@@ -97,6 +100,7 @@ type Server struct {
 	broker   Broker
 	log      *slog.Logger
 	metrics  *metrics
+	resyncQ  chan string // scopes awaiting a resync hint (queueResync)
 	gatherer prometheus.Gatherer
 	hub      *hub
 	upgrader websocket.Upgrader
@@ -154,6 +158,7 @@ func New(cfg Config, o Options) (*Server, error) {
 		broker:       o.Broker,
 		log:          o.Logger,
 		metrics:      newMetrics(o.Registry),
+		resyncQ:      make(chan string, resyncQueue),
 		gatherer:     o.Gatherer,
 		hub:          newHub(o.Broker),
 		shutdownDone: make(chan struct{}),
@@ -327,6 +332,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if s.draining.Load() {
 		return ErrServerClosed
 	}
+	for range resyncWorkers {
+		go s.runResync(s.baseCtx)
+	}
 	if err := s.broker.Run(s.baseCtx, s.deliver); err != nil {
 		return fmt.Errorf("gateway: starting broker: %w", err)
 	}
@@ -470,8 +478,69 @@ func (s *Server) publish(scope string, m protocol.Message) {
 	}
 }
 
-// deliver is the broker's Handler: it hands a message to local subscribers.
-func (s *Server) deliver(scope string, data []byte) { s.hub.broadcast(scope, data) }
+// deliver is the broker's Handler: it hands a message to local
+// subscribers. nil data means the broker may have lost messages of scope
+// (see Broker): the scope is queued for a resync hint.
+func (s *Server) deliver(scope string, data []byte) {
+	if data == nil {
+		s.queueResync(scope)
+		return
+	}
+	s.hub.broadcast(scope, data)
+}
+
+// resyncWorkers bound the storage reads of resync hints: after a Redis
+// outage every subscribed scope of a node needs one, and a node with
+// thousands of scopes must not open thousands of reads at once.
+const resyncWorkers = 4
+
+// resyncQueue bounds the scopes waiting for a hint: one per subscribed
+// scope of a node covers a full Redis outage of a node with that many.
+const resyncQueue = 1 << 16
+
+// queueResync schedules a resync hint for scope. It never blocks: when the
+// queue is full the scope is dropped and counted; its devices then catch
+// up at their next change or reconnect, as before the hint existed.
+func (s *Server) queueResync(scope string) {
+	select {
+	case s.resyncQ <- scope:
+	default:
+		s.metrics.resyncDropped.Inc()
+	}
+}
+
+// runResync broadcasts, for each queued scope with local subscribers, the
+// scope's newest entry: devices that missed live messages see a gap and
+// pull (docs/protocol.md, "gaps"). It returns when ctx ends.
+func (s *Server) runResync(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case scope := <-s.resyncQ:
+			if s.hub.subscribers(scope) == 0 {
+				continue
+			}
+			ch, err := s.engine.Latest(ctx, scope)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.Warn("gateway: resync hint failed; devices catch up at their next change", "scope", scope, "err", err)
+				}
+				continue
+			}
+			if ch == nil {
+				continue
+			}
+			data, err := protocol.Marshal(ch)
+			if err != nil {
+				s.log.Error("gateway: encoding a resync hint failed", "scope", scope, "err", err)
+				continue
+			}
+			s.metrics.resyncHints.Inc()
+			s.hub.broadcast(scope, data)
+		}
+	}
+}
 
 func (s *Server) subscribe(ctx context.Context, scope string, c *conn) error {
 	if err := s.hub.subscribe(ctx, scope, c); err != nil {

@@ -3,10 +3,7 @@ package mongo
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,88 +11,18 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
+	"github.com/syncgate/syncgate/internal/faultproxy"
 	"github.com/syncgate/syncgate/storage"
 )
 
-// proxy is a TCP proxy in front of the test server that a test can take
-// down (closing every connection) and bring back on the same port: a
-// MongoDB outage without stopping a shared server.
-type proxy struct {
-	t      *testing.T
-	target string
-	addr   string
-
-	mu    sync.Mutex
-	ln    net.Listener
-	conns map[net.Conn]bool
-	wg    sync.WaitGroup
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	p := &proxy{t: t, target: target, conns: map[net.Conn]bool{}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// newProxy puts a fault proxy in front of target for the test's lifetime.
+func newProxy(t *testing.T, target string) *faultproxy.Proxy {
+	p, err := faultproxy.New(target)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.addr = ln.Addr().String()
-	p.serve(ln)
-	t.Cleanup(func() {
-		p.down()
-		p.wg.Wait()
-	})
+	t.Cleanup(p.Close)
 	return p
-}
-
-func (p *proxy) serve(ln net.Listener) {
-	p.mu.Lock()
-	p.ln = ln
-	p.mu.Unlock()
-	p.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", p.target)
-			if err != nil {
-				_ = c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns[c], p.conns[s] = true, true
-			p.mu.Unlock()
-			for _, pair := range [][2]net.Conn{{c, s}, {s, c}} {
-				p.wg.Go(func() {
-					_, _ = io.Copy(pair[0], pair[1])
-					_ = pair[0].Close()
-					_ = pair[1].Close()
-				})
-			}
-		}
-	})
-}
-
-// down closes the listener and every proxied connection.
-func (p *proxy) down() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ln != nil {
-		_ = p.ln.Close()
-		p.ln = nil
-	}
-	for c := range p.conns {
-		_ = c.Close()
-	}
-	clear(p.conns)
-}
-
-// up listens on the proxy's port again.
-func (p *proxy) up() {
-	ln, err := net.Listen("tcp", p.addr)
-	if err != nil {
-		p.t.Fatalf("proxy: listen again on %s: %v", p.addr, err)
-	}
-	p.serve(ln)
 }
 
 // primaryAddr is the address the proxy forwards to: the test server, or
@@ -134,7 +61,7 @@ func TestOutage(t *testing.T) {
 	p := newProxy(t, primaryAddr(t, uri))
 	database := testDatabase(t)
 	t.Cleanup(func() { dropDatabase(t, uri, database) })
-	s, err := Open(context.Background(), "mongodb://"+p.addr+"/?directConnection=true", database, Options{
+	s, err := Open(context.Background(), "mongodb://"+p.Addr()+"/?directConnection=true", database, Options{
 		Retry:                  RetryPolicy{Attempts: 3, BaseDelay: 100 * time.Millisecond, MaxDelay: 200 * time.Millisecond},
 		ServerSelectionTimeout: 300 * time.Millisecond,
 	})
@@ -155,7 +82,7 @@ func TestOutage(t *testing.T) {
 	}
 
 	// A long outage: the commit gives up with a retryable error.
-	p.down()
+	p.Down()
 	start := time.Now()
 	n, err := s.Commit(ctx, batch(2))
 	var ce *storage.CommitError
@@ -170,12 +97,12 @@ func TestOutage(t *testing.T) {
 	}
 
 	// A short outage: the retries absorb it.
-	p.up()
+	mustUp(t, p)
 	if n, err := s.Commit(ctx, batch(2)); n != 1 || err != nil {
 		t.Fatalf("Commit after the outage = %d, %v", n, err)
 	}
-	p.down()
-	time.AfterFunc(250*time.Millisecond, p.up)
+	p.Down()
+	time.AfterFunc(250*time.Millisecond, func() { _ = p.Up() })
 	if n, err := s.Commit(ctx, batch(3)); n != 1 || err != nil {
 		t.Fatalf("Commit across a short outage = %d, %v", n, err)
 	}
@@ -186,6 +113,13 @@ func TestOutage(t *testing.T) {
 	}
 	if st, err := s.Device(ctx, dev); err != nil || st.LastMutationID != 3 {
 		t.Errorf("Device = %+v, %v; want LastMutationID 3", st, err)
+	}
+}
+
+func mustUp(t *testing.T, p *faultproxy.Proxy) {
+	t.Helper()
+	if err := p.Up(); err != nil {
+		t.Fatal(err)
 	}
 }
 

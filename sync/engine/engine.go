@@ -258,6 +258,32 @@ func (e *Engine) Pull(ctx context.Context, p Principal, scope string, since uint
 	return ch, nil, nil
 }
 
+// Latest returns scope's newest entry as a one-entry changes message
+// (From = head-1, To = head), or nil while the scope is empty. The gateway
+// broadcasts it after its fan-out may have lost messages (a Redis
+// outage): a device that missed any of them sees From above its
+// checkpoint, which is the protocol's gap rule, and pulls; a device that
+// missed nothing ignores it. It is not a read on behalf of a device, so it
+// takes no principal: only subscribed connections receive it.
+func (e *Engine) Latest(ctx context.Context, scope string) (*protocol.Changes, error) {
+	head, err := e.store.Head(ctx, scope)
+	if err != nil {
+		return nil, e.storageErr("head", err)
+	}
+	if head == 0 {
+		return nil, nil
+	}
+	// The head entry is never superseded, so compaction never removes it.
+	entries, err := e.store.Read(ctx, scope, head-1, head, 1)
+	if err != nil {
+		return nil, e.storageErr("read", err)
+	}
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	return &protocol.Changes{Scope: scope, From: head - 1, To: head, Head: head, Entries: toChanges(entries)}, nil
+}
+
 // capPage cuts a page at MaxPullBytes of document state (at least one
 // entry), so a page of large documents cannot exhaust memory.
 func (e *Engine) capPage(entries []storage.Entry) []storage.Entry {
