@@ -40,6 +40,11 @@ func (s *Store) Compact(ctx context.Context, scope string, olderThan time.Time) 
 	if err != nil {
 		return stats, s.wrap(ctx, "compact", err)
 	}
+	// Views first: a pass that fails does not stop compaction (the next
+	// pass retries it from the same mark).
+	if err := s.repairViews(ctx, scope, uint64(head)); err != nil && ctx.Err() == nil {
+		s.log.Warn("mongo: repairing materialized views failed; the next compaction pass retries", "scope", scope, "err", err)
+	}
 	for from := int64(0); head > 0; {
 		infos, err := s.compactCandidates(ctx, scope, from, head, olderThan)
 		if err != nil {

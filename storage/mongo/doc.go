@@ -62,6 +62,8 @@
 //	_sg_devices        {_id: device key, user, device,
 //	                   checkpoints: [{scope, seq}], seen: date, seenNs}
 //	_sg_device_marks   {_id: mutation key, dev: device key, mid}
+//	_sg_view_marks     {_id: scope, seq}: the views reflect the log through
+//	                   seq (repairViews, run by each compaction pass)
 //	_sg_conflicts      {_id: conflict key, scope, cid, status, created: date,
 //	                   createdNs, closed: date or null, closedNs,
 //	                   record: JSON text of storage.ConflictRecord}

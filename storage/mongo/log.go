@@ -142,7 +142,7 @@ func (s *Store) Commit(ctx context.Context, b *storage.Batch) (int, error) {
 	defer cancel()
 	if err != nil || taken != nil {
 		if n > 0 {
-			s.writeViews(fctx, stored[:n])
+			_ = s.writeViews(fctx, stored[:n]) // best effort: repairViews catches up
 		}
 		if err != nil {
 			return n, s.wrap(ctx, "commit", err)
@@ -151,7 +151,7 @@ func (s *Store) Commit(ctx context.Context, b *storage.Batch) (int, error) {
 		return n, taken
 	}
 	err = parallel(
-		func() error { s.writeViews(fctx, stored); return nil },
+		func() error { _ = s.writeViews(fctx, stored); return nil }, // best effort: repairViews catches up
 		func() error {
 			if err := s.writeOutcomes(fctx, late, nil); err != nil {
 				return err

@@ -652,3 +652,53 @@ func TestSessionsConformance(t *testing.T) {
 		return openDB(t, testDatabase(t), Options{Now: now, SessionSweepEvery: -1})
 	})
 }
+
+// TestViewRepair: a view left behind the log (a node died between the
+// commit and its view write, or the write failed) is rewritten by the
+// next compaction pass, which then only reads what is new.
+func TestViewRepair(t *testing.T) {
+	s := openTemp(t, time.Now)
+	ctx := context.Background()
+	const a = "user:alice"
+	commit(t, s, testEntry(a, 1, "n1", 1, 1), testEntry(a, 2, "n2", 1, 2), testEntry(a, 3, "n1", 2, 3))
+	notes := s.Database().Collection("notes")
+	// The view loses n1 and n2 falls back to a version the log superseded.
+	if _, err := notes.DeleteMany(ctx, bson.D{{Key: "_sync.id", Value: "n1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := notes.UpdateOne(ctx, bson.D{{Key: "_sync.id", Value: "n2"}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "_sync.version", Value: int64(0)}, {Key: "title", Value: "stale"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	// Compaction with a cutoff in the past removes nothing, but repairs.
+	if _, err := s.Compact(ctx, a, time.Unix(0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if m, ok := viewDoc(t, s, a, "n1"); !ok || asInt(syncOf(t, m)["version"]) != 2 {
+		t.Fatalf("n1 view after repair = %v, %v; want v2", m, ok)
+	}
+	if m, ok := viewDoc(t, s, a, "n2"); !ok || m["title"] != "n2" || asInt(syncOf(t, m)["version"]) != 1 {
+		t.Fatalf("n2 view after repair = %v, %v; want v1 titled n2", m, ok)
+	}
+	var mark struct {
+		Seq int64 `bson:"seq"`
+	}
+	if err := s.Database().Collection(collViewMarks).FindOne(ctx, bson.D{{Key: "_id", Value: a}}).Decode(&mark); err != nil || mark.Seq != 3 {
+		t.Fatalf("view mark = %d, %v; want 3", mark.Seq, err)
+	}
+	// Below the mark nothing is re-read: a view broken now stays broken
+	// until its document changes or the mark is reset (operations.md).
+	if _, err := notes.DeleteMany(ctx, bson.D{{Key: "_sync.id", Value: "n2"}}); err != nil {
+		t.Fatal(err)
+	}
+	commit(t, s, testEntry(a, 4, "n3", 1, 4))
+	if _, err := s.Compact(ctx, a, time.Unix(0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := viewDoc(t, s, a, "n2"); ok {
+		t.Fatal("the pass re-read entries below its mark")
+	}
+	if _, ok := viewDoc(t, s, a, "n3"); !ok {
+		t.Fatal("n3 missing from the view")
+	}
+}

@@ -39,8 +39,9 @@ func viewable(coll string) bool {
 // one; when the view already holds a newer version, the upsert collides on
 // _id (11000 on MongoDB, InternalError on FerretDB) and that is the
 // expected outcome, not a failure. Every other failure is logged at Warn
-// and dropped: the view is best effort and the log wins.
-func (s *Store) writeViews(ctx context.Context, entries []storage.Entry) {
+// and returned; the commit path drops it (the view is best effort, the log
+// wins, and repairViews rewrites what a failed write missed).
+func (s *Store) writeViews(ctx context.Context, entries []storage.Entry) error {
 	type pending struct {
 		models []mongo.WriteModel
 		index  map[docRef]int // latest entry per document in this batch
@@ -72,14 +73,13 @@ func (s *Store) writeViews(ctx context.Context, entries []storage.Entry) {
 	for i, coll := range order {
 		fns[i] = func() error {
 			s.ensureViewIndex(ctx, coll)
-			s.bulkView(ctx, coll, byColl[coll].models)
-			return nil
+			return s.bulkView(ctx, coll, byColl[coll].models)
 		}
 	}
-	_ = parallel(fns...)
+	return parallel(fns...)
 }
 
-func (s *Store) bulkView(ctx context.Context, coll string, models []mongo.WriteModel) {
+func (s *Store) bulkView(ctx context.Context, coll string, models []mongo.WriteModel) error {
 	err := s.retry(ctx, func(ctx context.Context) error {
 		_, err := s.db.Collection(coll).BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
 		return err
@@ -97,6 +97,7 @@ func (s *Store) bulkView(ctx context.Context, coll string, models []mongo.WriteM
 	if err != nil {
 		s.log.Warn("mongo: materialized view write failed", "collection", coll, "err", err)
 	}
+	return err
 }
 
 // codeInternalError is what FerretDB v1 answers, instead of 11000, when an
