@@ -26,8 +26,10 @@ func asc(fields ...string) bson.D {
 	return d
 }
 
-// indexes are created by Open. None is partial, sparse or TTL: FerretDB
-// v1 has none of those, and the store needs none.
+// indexes are created by Open. None is partial or sparse: FerretDB v1 has
+// neither, and the store needs neither. The TTL indexes of the session
+// collections are created separately (sessions.go), because a server that
+// answers code 238 gets a sweeper instead.
 var indexes = []indexSpec{
 	// The commit guards.
 	{collLog, idxScopeSeq, asc("scope", "seq"), true},

@@ -44,7 +44,7 @@ func (e *Engine) openConflict(ctx context.Context, dev storage.DeviceRef, scope 
 		case err == nil:
 			rec.BaseState = base.State
 		case !errors.Is(err, storage.ErrNotFound):
-			return rec, e.storageErr("version", err)
+			return rec, e.storageErr(ctx, "version", err)
 		}
 	}
 	return rec, nil
@@ -58,7 +58,7 @@ func (e *Engine) checkResolves(ctx context.Context, scope string, m *protocol.Mu
 	case errors.Is(err, storage.ErrNotFound):
 		return rec, protocol.Errorf(protocol.CodeBadRequest, "mutation %d resolves unknown conflict %q", m.ID, m.Resolves)
 	case err != nil:
-		return rec, e.storageErr("conflict", err)
+		return rec, e.storageErr(ctx, "conflict", err)
 	case rec.Collection != m.Collection || rec.DocID != m.DocID:
 		return rec, protocol.Errorf(protocol.CodeBadRequest, "conflict %q is about %s/%s, not %s/%s", m.Resolves, rec.Collection, rec.DocID, m.Collection, m.DocID)
 	case rec.Status != storage.ConflictOpen:
@@ -95,7 +95,7 @@ func (e *Engine) Conflicts(ctx context.Context, p Principal, scope string, openO
 	case errors.Is(err, storage.ErrNotFound):
 		return nil, protocol.Errorf(protocol.CodeNotFound, "no conflict %q in %s to page after", after, scope)
 	case err != nil:
-		return nil, e.storageErr("conflicts", err)
+		return nil, e.storageErr(ctx, "conflicts", err)
 	}
 	out := make([]protocol.Conflict, len(recs))
 	for i, r := range recs {
@@ -124,7 +124,7 @@ func (e *Engine) ResolveConflict(ctx context.Context, p Principal, scope, id str
 	case errors.Is(err, storage.ErrNotFound):
 		return protocol.Result{}, protocol.Errorf(protocol.CodeNotFound, "no conflict %q in %s", id, scope)
 	case err != nil:
-		return protocol.Result{}, e.storageErr("conflict", err)
+		return protocol.Result{}, e.storageErr(ctx, "conflict", err)
 	}
 	m := protocol.Mutation{
 		ID: r.MutationID, Scope: scope, Collection: rec.Collection, DocID: rec.DocID,
@@ -139,7 +139,7 @@ func (e *Engine) ResolveConflict(ctx context.Context, p Principal, scope, id str
 	if latest, err := e.store.Latest(ctx, scope, rec.Collection, rec.DocID); err == nil {
 		m.Base = latest.Version
 	} else if !errors.Is(err, storage.ErrNotFound) {
-		return protocol.Result{}, e.storageErr("latest", err)
+		return protocol.Result{}, e.storageErr(ctx, "latest", err)
 	}
 	res, err := e.Push(ctx, p, []protocol.Mutation{m})
 	if err != nil {

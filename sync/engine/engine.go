@@ -138,7 +138,7 @@ func (e *Engine) Open(ctx context.Context, p Principal, subs []protocol.Subscrip
 	var res OpenResult
 	dev, err := e.store.Device(ctx, p.Ref())
 	if err != nil {
-		return res, e.storageErr("open", err)
+		return res, e.storageErr(ctx, "open", err)
 	}
 	res.LastMutation = dev.LastMutationID
 	checkpoints := make(map[string]uint64, len(subs))
@@ -160,14 +160,14 @@ func (e *Engine) Open(ctx context.Context, p Principal, subs []protocol.Subscrip
 		}
 		open, err := e.store.ListConflicts(ctx, s.Scope, true, "", MaxOpenConflicts)
 		if err != nil {
-			return res, e.storageErr("conflicts", err)
+			return res, e.storageErr(ctx, "conflicts", err)
 		}
 		for _, r := range open {
 			res.Conflicts = append(res.Conflicts, ConflictView(r))
 		}
 	}
 	if err := e.store.SaveCheckpoints(ctx, p.Ref(), checkpoints, e.cfg.Now()); err != nil {
-		return res, e.storageErr("open", err)
+		return res, e.storageErr(ctx, "open", err)
 	}
 	return res, nil
 }
@@ -175,11 +175,11 @@ func (e *Engine) Open(ctx context.Context, p Principal, subs []protocol.Subscrip
 func (e *Engine) scopeState(ctx context.Context, scope string, since uint64) (protocol.ScopeState, error) {
 	head, err := e.store.Head(ctx, scope)
 	if err != nil {
-		return protocol.ScopeState{}, e.storageErr("head", err)
+		return protocol.ScopeState{}, e.storageErr(ctx, "head", err)
 	}
 	horizon, err := e.store.Horizon(ctx, scope)
 	if err != nil {
-		return protocol.ScopeState{}, e.storageErr("horizon", err)
+		return protocol.ScopeState{}, e.storageErr(ctx, "horizon", err)
 	}
 	return protocol.ScopeState{
 		Scope: scope, Head: head, Horizon: horizon,
@@ -231,13 +231,13 @@ func (e *Engine) Pull(ctx context.Context, p Principal, scope string, since uint
 	}
 	entries, err := e.store.Read(ctx, scope, since, st.Head, limit)
 	if err != nil {
-		return nil, nil, e.storageErr("read", err)
+		return nil, nil, e.storageErr(ctx, "read", err)
 	}
 	// Compaction may have purged a tombstone in (since, head] between the
 	// reads above: the page would then silently lack a deletion. Re-check
 	// the horizon after reading and answer reset instead.
 	if horizon, err := e.store.Horizon(ctx, scope); err != nil {
-		return nil, nil, e.storageErr("horizon", err)
+		return nil, nil, e.storageErr(ctx, "horizon", err)
 	} else if needsReset(since, st.Head, horizon) {
 		e.m.resets.Inc()
 		return nil, &protocol.Reset{Scope: scope, Reason: "checkpoint behind the compaction horizon", Horizon: horizon, Head: st.Head}, nil
@@ -268,7 +268,7 @@ func (e *Engine) Pull(ctx context.Context, p Principal, scope string, since uint
 func (e *Engine) Latest(ctx context.Context, scope string) (*protocol.Changes, error) {
 	head, err := e.store.Head(ctx, scope)
 	if err != nil {
-		return nil, e.storageErr("head", err)
+		return nil, e.storageErr(ctx, "head", err)
 	}
 	if head == 0 {
 		return nil, nil
@@ -276,7 +276,7 @@ func (e *Engine) Latest(ctx context.Context, scope string) (*protocol.Changes, e
 	// The head entry is never superseded, so compaction never removes it.
 	entries, err := e.store.Read(ctx, scope, head-1, head, 1)
 	if err != nil {
-		return nil, e.storageErr("read", err)
+		return nil, e.storageErr(ctx, "read", err)
 	}
 	if len(entries) == 0 {
 		return nil, nil
@@ -309,8 +309,13 @@ func toChanges(entries []storage.Entry) []protocol.Change {
 	return out
 }
 
-func (e *Engine) storageErr(op string, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+// storageErr turns a storage failure into the retryable protocol error.
+// Only the caller's own context ending passes through as it is: the
+// MongoDB driver wraps context.DeadlineExceeded in its server-selection
+// timeout, so errors.Is on the error would mistake an outage for a
+// request that was cut off (and neither log it nor answer unavailable).
+func (e *Engine) storageErr(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 		return err
 	}
 	e.log.Error("engine: storage failure", "op", op, "err", err)

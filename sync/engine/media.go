@@ -36,7 +36,7 @@ func (e *Engine) checkMedia(ctx context.Context, scope string, todo []planned) e
 			if !seen {
 				var err error
 				if ok, err = e.media.MediaExists(ctx, scope, id); err != nil {
-					return e.storageErr("media", err)
+					return e.storageErr(ctx, "media", err)
 				}
 				known[id] = ok
 			}

@@ -31,7 +31,7 @@ func (e *Engine) Push(ctx context.Context, p Principal, muts []protocol.Mutation
 	defer unlockDevice()
 	dev, err := e.store.Device(ctx, p.Ref())
 	if err != nil {
-		return nil, e.storageErr("device", err)
+		return nil, e.storageErr(ctx, "device", err)
 	}
 	results := make([]protocol.Result, len(muts))
 	high := dev.LastMutationID // highest mutation id processed so far
@@ -135,7 +135,7 @@ func (e *Engine) replay(ctx context.Context, p Principal, m *protocol.Mutation) 
 		r.Replayed = true
 		return r
 	case !errors.Is(err, storage.ErrNotFound):
-		return rejected(m.ID, asProtocolErr(e.storageErr("receipt", err)))
+		return rejected(m.ID, asProtocolErr(e.storageErr(ctx, "receipt", err)))
 	}
 	if perr := e.checkScope(p, m.Scope); perr != nil {
 		return rejected(m.ID, perr)
@@ -248,7 +248,7 @@ func (e *Engine) commitRun(ctx context.Context, p Principal, scope string, todo 
 			for k := range done {
 				results[todo[k].idx] = pl.items[k].result
 			}
-			e.failAll(todo[done:], results, asProtocolErr(e.storageErr("commit", err)))
+			e.failAll(todo[done:], results, asProtocolErr(e.storageErr(ctx, "commit", err)))
 			e.saveCarried(ctx, p, scope, append(carried, pl.items[:done]...), results)
 			return
 		}
@@ -393,7 +393,7 @@ func (pl *plan) decidedThrough(n int) int {
 func (e *Engine) resolveAll(ctx context.Context, dev storage.DeviceRef, scope string, todo []planned) (*plan, error) {
 	head, err := e.store.Head(ctx, scope)
 	if err != nil {
-		return nil, e.storageErr("head", err)
+		return nil, e.storageErr(ctx, "head", err)
 	}
 	now := e.cfg.Now()
 	pl := &plan{}
@@ -419,7 +419,7 @@ func (e *Engine) resolveAll(ctx context.Context, dev storage.DeviceRef, scope st
 				cur = docFromEntry(latest)
 			case errors.Is(err, storage.ErrNotFound):
 			default:
-				return nil, e.storageErr("latest", err)
+				return nil, e.storageErr(ctx, "latest", err)
 			}
 		}
 		op := t.op
