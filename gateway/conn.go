@@ -411,6 +411,14 @@ func (c *conn) readLoop() {
 		c.extendReadDeadline()
 		c.handle(kind, data)
 		c.extendReadDeadline() // handling may have taken a while
+		if c.sess == nil && c.isClosing() {
+			// A refused hello: the hello deadline may have passed while it
+			// was handled (a storage outage makes beginning the session
+			// slow), and a read that failed at once would end the
+			// connection before the write loop sends the error and the
+			// close frame. Wait for the client's close reply instead.
+			_ = c.ws.SetReadDeadline(time.Now().Add(closeGrace))
+		}
 	}
 }
 

@@ -321,6 +321,32 @@ func TestSessionStoreFailure(t *testing.T) {
 	}
 }
 
+// TestSessionStoreSlowerThanHello: beginning the session outlasts the
+// hello deadline (a MongoDB outage rides out its retries); the device
+// still gets the retryable error and the close code, not a bare reset.
+func TestSessionStoreSlowerThanHello(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, withSessions(slowSessions{delay: 700 * time.Millisecond}),
+		withConfig(func(c *Config) { c.HelloTimeout = 200 * time.Millisecond }))
+	c := h.dial(t)
+	c.send(&protocol.Hello{Protocol: protocol.Version, Token: token(t, "alice"), Device: "phone"})
+	before := c.expectClose(protocol.CloseInternal)
+	if len(before) != 1 || !strings.Contains(before[0], `"code":"unavailable"`) {
+		t.Fatalf("before the close: %q", before)
+	}
+}
+
+// slowSessions fails BeginSession after a delay.
+type slowSessions struct {
+	failingSessions
+	delay time.Duration
+}
+
+func (s slowSessions) BeginSession(ctx context.Context, spec storage.SessionSpec) (storage.Session, []storage.Session, error) {
+	time.Sleep(s.delay)
+	return s.failingSessions.BeginSession(ctx, spec)
+}
+
 type failingSessions struct{}
 
 var errStoreDown = errors.New("store down")
