@@ -79,7 +79,34 @@ func (s *Store) writeViews(ctx context.Context, entries []storage.Entry) error {
 	return parallel(fns...)
 }
 
+// viewBulkMax is the most upserts one view BulkWrite carries; a larger
+// write is split into several, one after another. FerretDB v1 (the test
+// server) holds one SQLite connection per matched update of a bulk until
+// the whole command ends, from a pool of 100 per database: a bulk that
+// replaces 100 existing documents waits forever for a connection, and
+// wedges every later command on that database (measured: 99 replaces take
+// 0.3 s, 100 never finish). Commits of 100+ entries and repairViews would
+// hit that. Chunks of 32 keep the writes of a few collections (written in
+// parallel) and of concurrent commits below the limit. Splitting changes
+// nothing else: the bulk is unordered and its models independent.
+const viewBulkMax = 32
+
 func (s *Store) bulkView(ctx context.Context, coll string, models []mongo.WriteModel) error {
+	var errs []error
+	for len(models) > 0 {
+		n := min(len(models), viewBulkMax)
+		if err := s.bulkViewChunk(ctx, coll, models[:n]); err != nil {
+			errs = append(errs, err)
+			if ctx.Err() != nil {
+				break // the rest would fail the same way
+			}
+		}
+		models = models[n:]
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Store) bulkViewChunk(ctx context.Context, coll string, models []mongo.WriteModel) error {
 	err := s.retry(ctx, func(ctx context.Context) error {
 		_, err := s.db.Collection(coll).BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
 		return err
