@@ -181,22 +181,9 @@ func (a *App) sweepUploads(ctx context.Context) {
 	if a.media == nil {
 		return
 	}
-	t := time.NewTicker(mediaSweepEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			n, err := a.media.SweepUploads(ctx, time.Now())
-			switch {
-			case err != nil && ctx.Err() == nil:
-				a.log.Error("app: sweeping expired uploads failed", "err", err)
-			case n > 0:
-				a.log.Info("app: swept expired uploads", "uploads", n)
-			}
-		}
-	}
+	storage.SweepEvery(ctx, mediaSweepEvery, a.log, "expired uploads", func(ctx context.Context) (int, error) {
+		return a.media.SweepUploads(ctx, time.Now())
+	})
 }
 
 // openStore picks the storage: MongoDB when mongo.uri is set (every node of

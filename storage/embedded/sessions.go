@@ -458,19 +458,9 @@ func (s *Store) startSessionSweeper(every time.Duration) {
 	s.sweeper = sessionSweeper{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(s.sweeper.done)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				_, err := s.SweepSessions(ctx, s.now())
-				if err != nil && ctx.Err() == nil && !errors.Is(err, storage.ErrClosed) {
-					s.log.Warn("embedded: sweeping sessions failed", "err", err)
-				}
-			}
-		}
+		storage.SweepEvery(ctx, every, s.log, "expired sessions", func(ctx context.Context) (int, error) {
+			return s.SweepSessions(ctx, s.now())
+		})
 	}()
 }
 

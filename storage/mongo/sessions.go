@@ -141,7 +141,12 @@ func (s *Store) openSessions(ctx context.Context, every time.Duration) error {
 	s.log.Info("mongo: the server has no TTL indexes (code 238); a sweeper deletes expired sessions", "every", every)
 	sweepCtx, cancel := context.WithCancel(context.Background())
 	s.sess.cancel, s.sess.done = cancel, make(chan struct{})
-	go s.sweepLoop(sweepCtx, every, s.sess.done)
+	go func() {
+		defer close(s.sess.done)
+		storage.SweepEvery(sweepCtx, every, s.log, "expired sessions", func(ctx context.Context) (int, error) {
+			return s.SweepSessions(ctx, s.now())
+		})
+	}()
 	return nil
 }
 
@@ -151,23 +156,6 @@ func (s *Store) createIndex(ctx context.Context, coll string, m mongo.IndexModel
 		_, err := s.db.Collection(coll).Indexes().CreateOne(ctx, m)
 		return err
 	})
-}
-
-func (s *Store) sweepLoop(ctx context.Context, every time.Duration, done chan struct{}) {
-	defer close(done)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			_, err := s.SweepSessions(ctx, s.now())
-			if err != nil && ctx.Err() == nil && !errors.Is(err, storage.ErrClosed) {
-				s.log.Warn("mongo: sweeping sessions failed", "err", err)
-			}
-		}
-	}
 }
 
 // stopSessions stops the sweeper, if one runs, and waits for it.
@@ -446,12 +434,10 @@ func (s *Store) TouchSession(ctx context.Context, id string) (storage.Session, e
 		return storage.Session{}, err
 	}
 	now := s.msNow()
-	cur, found, err := s.loadSession(ctx, id, now)
+	cur, err := s.liveSession(ctx, op, id, now)
 	switch {
 	case err != nil:
-		return storage.Session{}, s.wrap(ctx, op, err)
-	case !found:
-		return storage.Session{}, s.wrap(ctx, op, storage.ErrNotFound)
+		return storage.Session{}, err
 	case cur.Revoked:
 		return cur, s.wrap(ctx, op, storage.ErrSessionRevoked)
 	}
@@ -484,12 +470,10 @@ func (s *Store) RevokeSession(ctx context.Context, id string) (storage.Session, 
 		return storage.Session{}, err
 	}
 	now := s.msNow()
-	cur, found, err := s.loadSession(ctx, id, now)
+	cur, err := s.liveSession(ctx, op, id, now)
 	switch {
 	case err != nil:
-		return storage.Session{}, s.wrap(ctx, op, err)
-	case !found:
-		return storage.Session{}, s.wrap(ctx, op, storage.ErrNotFound)
+		return storage.Session{}, err
 	case cur.Revoked:
 		return cur, nil
 	}
@@ -516,7 +500,13 @@ func (s *Store) Session(ctx context.Context, id string) (storage.Session, error)
 	if err := s.begin(ctx, op); err != nil {
 		return storage.Session{}, err
 	}
-	cur, found, err := s.loadSession(ctx, id, s.msNow())
+	return s.liveSession(ctx, op, id, s.msNow())
+}
+
+// liveSession is loadSession for op, with no session (or an expired one)
+// as a wrapped storage.ErrNotFound.
+func (s *Store) liveSession(ctx context.Context, op, id string, now time.Time) (storage.Session, error) {
+	cur, found, err := s.loadSession(ctx, id, now)
 	if err == nil && !found {
 		err = storage.ErrNotFound
 	}
