@@ -73,6 +73,46 @@ type Config struct {
 	// the node missed noticed), capped at a quarter of the session's TTL.
 	// Default 5m.
 	SessionRefresh time.Duration
+
+	// PresenceHeartbeat is how often the node refreshes the presence
+	// entries of its connections and its node record. It must be below
+	// PresenceTTL, the entries' lifetime, which is the tracker's.
+	// Default 25s.
+	PresenceHeartbeat time.Duration
+
+	// PresenceTTL is how long an entry outlives its last heartbeat: a
+	// node that dies without cleanup has its devices shown offline, and
+	// its room members leave, within it. Give the tracker the same value.
+	// Default 60s.
+	PresenceTTL time.Duration
+
+	// PresenceSweep is how often the node sweeps expired entries (every
+	// node sweeps; removal is atomic, so each ghost is announced once).
+	// Default 5s.
+	PresenceSweep time.Duration
+
+	// AwarenessMaxBytes caps one awareness state (room_state, join) as
+	// JSON; a larger one is refused with too_large. Default 1024.
+	AwarenessMaxBytes int
+
+	// AwarenessInterval is the minimum gap between two awareness updates
+	// one connection sends into one room (10/s by default): faster updates
+	// are coalesced, and the latest one is sent when the gap has passed.
+	// Default 100ms.
+	AwarenessInterval time.Duration
+
+	// TypingInterval: a user's typing indicator goes out at most once per
+	// interval per room, across the cluster; others are dropped.
+	// Default 1s.
+	TypingInterval time.Duration
+
+	// TypingTTL is how long a typing indicator shows (sent as expiresIn).
+	// Default 3s.
+	TypingTTL time.Duration
+
+	// MaxRoomsPerConn caps the rooms one connection may be in.
+	// Default 32.
+	MaxRoomsPerConn int
 }
 
 // Defaults, named so tests and docs can refer to them.
@@ -89,6 +129,14 @@ const (
 	DefaultSessionRememberTTL  = 24 * time.Hour
 	DefaultMaxSessionsPerUser  = 10
 	DefaultSessionRefresh      = 5 * time.Minute
+	DefaultPresenceHeartbeat   = 25 * time.Second
+	DefaultPresenceTTL         = 60 * time.Second
+	DefaultPresenceSweep       = 5 * time.Second
+	DefaultAwarenessMaxBytes   = 1024
+	DefaultAwarenessInterval   = 100 * time.Millisecond
+	DefaultTypingInterval      = time.Second
+	DefaultTypingTTL           = 3 * time.Second
+	DefaultMaxRoomsPerConn     = 32
 )
 
 // withDefaults fills zero fields and validates the rest.
@@ -122,6 +170,14 @@ func (c Config) withDefaults() (Config, error) {
 	setDur(&c.SessionTTL, DefaultSessionTTL)
 	setDur(&c.SessionRememberTTL, DefaultSessionRememberTTL)
 	setDur(&c.SessionRefresh, DefaultSessionRefresh)
+	setDur(&c.PresenceHeartbeat, DefaultPresenceHeartbeat)
+	setDur(&c.PresenceTTL, DefaultPresenceTTL)
+	setDur(&c.PresenceSweep, DefaultPresenceSweep)
+	setInt(&c.AwarenessMaxBytes, DefaultAwarenessMaxBytes)
+	setDur(&c.AwarenessInterval, DefaultAwarenessInterval)
+	setDur(&c.TypingInterval, DefaultTypingInterval)
+	setDur(&c.TypingTTL, DefaultTypingTTL)
+	setInt(&c.MaxRoomsPerConn, DefaultMaxRoomsPerConn)
 
 	var errs []error
 	for _, f := range []struct {
@@ -132,6 +188,8 @@ func (c Config) withDefaults() (Config, error) {
 		{"OutboundQueueBytes", c.OutboundQueueBytes},
 		{"MaxMessagesPerFrame", c.MaxMessagesPerFrame},
 		{"MaxSessionsPerUser", c.MaxSessionsPerUser},
+		{"AwarenessMaxBytes", c.AwarenessMaxBytes},
+		{"MaxRoomsPerConn", c.MaxRoomsPerConn},
 	} {
 		if f.v < 0 {
 			errs = append(errs, fmt.Errorf("gateway: %s must be positive, got %d", f.name, f.v))
@@ -149,6 +207,12 @@ func (c Config) withDefaults() (Config, error) {
 		{"SessionTTL", c.SessionTTL},
 		{"SessionRememberTTL", c.SessionRememberTTL},
 		{"SessionRefresh", c.SessionRefresh},
+		{"PresenceHeartbeat", c.PresenceHeartbeat},
+		{"PresenceTTL", c.PresenceTTL},
+		{"PresenceSweep", c.PresenceSweep},
+		{"AwarenessInterval", c.AwarenessInterval},
+		{"TypingInterval", c.TypingInterval},
+		{"TypingTTL", c.TypingTTL},
 	} {
 		if f.v < 0 {
 			errs = append(errs, fmt.Errorf("gateway: %s must be positive, got %s", f.name, f.v))
@@ -156,6 +220,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.PongTimeout <= c.PingInterval {
 		errs = append(errs, fmt.Errorf("gateway: PongTimeout (%s) must exceed PingInterval (%s)", c.PongTimeout, c.PingInterval))
+	}
+	if c.PresenceTTL <= c.PresenceHeartbeat {
+		errs = append(errs, fmt.Errorf("gateway: PresenceTTL (%s) must exceed PresenceHeartbeat (%s)", c.PresenceTTL, c.PresenceHeartbeat))
 	}
 	return c, errors.Join(errs...)
 }

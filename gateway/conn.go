@@ -73,6 +73,11 @@ type conn struct {
 	// under mu, so once teardown has stopped it, it stays stopped.
 	refreshTimer *time.Timer
 
+	// pres is the connection's presence state (presence.go); set on the
+	// read loop before the connection is registered with the presence
+	// manager, which publishes it to other goroutines.
+	pres *connPresence
+
 	// Owned by the read loop goroutine; no lock.
 	sess     *session
 	expTimer *time.Timer
@@ -136,6 +141,7 @@ func (c *conn) teardown() {
 		c.refreshTimer.Stop()
 	}
 	c.mu.Unlock()
+	c.endPresence()
 	c.endSession()
 	c.srv.metrics.closed(code)
 	c.logger().Debug("gateway: connection closed", "code", code)

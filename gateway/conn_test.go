@@ -27,7 +27,7 @@ func bareServer(tb testing.TB, cfg Config) *Server {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s := &Server{cfg: cfg, metrics: newMetrics(nil), log: slog.New(slog.DiscardHandler), conns: map[*conn]struct{}{}}
+	s := &Server{cfg: cfg, metrics: newMetrics(nil, func() float64 { return 0 }), log: slog.New(slog.DiscardHandler), conns: map[*conn]struct{}{}}
 	s.broker = NewMemoryBroker()
 	s.hub = newHub(s.broker)
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
@@ -221,6 +221,9 @@ func TestConfigDefaults(t *testing.T) {
 		PingInterval: 25 * time.Second, PongTimeout: 60 * time.Second, WriteTimeout: 10 * time.Second,
 		ShutdownTimeout: 30 * time.Second, MaxMessagesPerFrame: 64,
 		SessionTTL: 2 * time.Hour, SessionRememberTTL: 24 * time.Hour, MaxSessionsPerUser: 10, SessionRefresh: 5 * time.Minute,
+		PresenceHeartbeat: 25 * time.Second, PresenceTTL: time.Minute, PresenceSweep: 5 * time.Second,
+		AwarenessMaxBytes: 1024, AwarenessInterval: 100 * time.Millisecond, TypingInterval: time.Second,
+		TypingTTL: 3 * time.Second, MaxRoomsPerConn: 32,
 	}
 	if cfg != want || cfg.Node == "" {
 		t.Fatalf("defaults = %+v", cfg)
@@ -228,6 +231,8 @@ func TestConfigDefaults(t *testing.T) {
 	for _, bad := range []Config{
 		{MaxMessageBytes: -1},
 		{PingInterval: time.Minute, PongTimeout: time.Second},
+		{PresenceHeartbeat: time.Minute, PresenceTTL: 30 * time.Second},
+		{AwarenessMaxBytes: -1},
 		{WriteTimeout: -time.Second},
 		{SessionTTL: -time.Hour},
 		{MaxSessionsPerUser: -1},

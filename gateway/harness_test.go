@@ -25,6 +25,7 @@ import (
 
 	"github.com/syncgate/syncgate/conflict"
 	"github.com/syncgate/syncgate/gateway/auth"
+	"github.com/syncgate/syncgate/presence"
 	"github.com/syncgate/syncgate/storage"
 	"github.com/syncgate/syncgate/storage/embedded"
 	"github.com/syncgate/syncgate/sync/engine"
@@ -61,6 +62,7 @@ type harnessSetup struct {
 	resolvers *conflict.Registry
 	leeway    time.Duration
 	sessions  storage.Sessions // nil: the harness's own store
+	tracker   presence.Tracker // nil: the Server's default memory tracker
 }
 
 func withConfig(f func(*Config)) harnessOption { return func(s *harnessSetup) { f(&s.cfg) } }
@@ -77,6 +79,10 @@ func withResolvers(r *conflict.Registry) harnessOption {
 // withSessions makes the node share a session store with another node
 // (nodes of one cluster share one), instead of using its own store's.
 func withSessions(s storage.Sessions) harnessOption { return func(h *harnessSetup) { h.sessions = s } }
+
+// withTracker makes the node use a presence tracker (nodes of one cluster
+// share one).
+func withTracker(t presence.Tracker) harnessOption { return func(h *harnessSetup) { h.tracker = t } }
 
 // withLeeway sets the verifier's clock-skew leeway on exp and nbf.
 func withLeeway(d time.Duration) harnessOption { return func(s *harnessSetup) { s.leeway = d } }
@@ -125,7 +131,7 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	if setup.sessions == nil {
 		setup.sessions = store
 	}
-	srv, err := New(setup.cfg, Options{Engine: eng, Verifier: ver, Broker: setup.broker, Logger: testLogger(), Registry: reg, Sessions: setup.sessions})
+	srv, err := New(setup.cfg, Options{Engine: eng, Verifier: ver, Broker: setup.broker, Logger: testLogger(), Registry: reg, Sessions: setup.sessions, Tracker: setup.tracker, Store: store})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,9 +23,21 @@ type metrics struct {
 	brokerErrors     prometheus.Counter
 	resyncHints      prometheus.Counter
 	resyncDropped    prometheus.Counter
+
+	presenceErrors     prometheus.Counter
+	presenceHeartbeat  prometheus.Histogram
+	presenceRestored   prometheus.Counter
+	presenceSwept      prometheus.Counter
+	presenceOnline     prometheus.GaugeFunc
+	roomEvents         *prometheus.CounterVec
+	awarenessCoalesced prometheus.Counter
+	typingDropped      prometheus.Counter
+	supportStreams     prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics builds the gateway's metrics; localOnline reports this node's
+// online presence entries.
+func newMetrics(reg prometheus.Registerer, localOnline func() float64) *metrics {
 	m := &metrics{
 		connections: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "syncgate", Name: "connections",
@@ -75,6 +87,43 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "syncgate", Name: "resync_dropped_total",
 			Help: "Resync hints not sent because the resync queue was full.",
 		}),
+		presenceErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "syncgate", Name: "presence_errors_total",
+			Help: "Presence tracker calls that failed (entries, rooms, heartbeats, sweeps); presence is best effort and retried at the next heartbeat.",
+		}),
+		presenceHeartbeat: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "syncgate", Name: "presence_heartbeat_seconds",
+			Help:    "Time to refresh every local presence entry and the node record, per heartbeat.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
+		}),
+		presenceRestored: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "syncgate", Name: "presence_restored_total",
+			Help: "Local entries the tracker had lost (a late heartbeat, a Redis restart), added back by a heartbeat.",
+		}),
+		presenceSwept: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "syncgate", Name: "presence_swept_total",
+			Help: "Expired entries (ghosts of dead nodes) this node removed and announced offline.",
+		}),
+		presenceOnline: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "syncgate", Name: "presence_local_entries",
+			Help: "Online presence entries held by this node.",
+		}, localOnline),
+		roomEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "syncgate", Name: "room_events_total",
+			Help: "Room events published, by event (join, leave, state, typing).",
+		}, []string{"event"}),
+		awarenessCoalesced: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "syncgate", Name: "awareness_coalesced_total",
+			Help: "Awareness updates held back by the per-connection rate limit (the newest is sent when the interval passes).",
+		}),
+		typingDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "syncgate", Name: "typing_dropped_total",
+			Help: "Typing signals dropped by the per-user, per-room throttle.",
+		}),
+		supportStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "syncgate", Name: "support_event_streams",
+			Help: "Open /v1/support/events streams on this node.",
+		}),
 	}
 	for _, t := range []string{
 		protocol.TypeHello, protocol.TypePush, protocol.TypePull, protocol.TypeAuth, protocol.TypePing, typeInvalid,
@@ -83,7 +132,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.connectionsTotal, m.messagesIn, m.messagesOut, m.bytesOut,
-			m.framesOut, m.slowConsumers, m.closes, m.httpRequests, m.brokerErrors, m.resyncHints, m.resyncDropped)
+			m.framesOut, m.slowConsumers, m.closes, m.httpRequests, m.brokerErrors, m.resyncHints, m.resyncDropped,
+			m.presenceErrors, m.presenceHeartbeat, m.presenceRestored, m.presenceSwept, m.presenceOnline,
+			m.roomEvents, m.awarenessCoalesced, m.typingDropped, m.supportStreams)
 	}
 	return m
 }
@@ -94,7 +145,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 func (m *metrics) closed(code int) {
 	label := "other"
 	switch {
-	case code >= 1000 && code <= 1015, code >= 4000 && code <= 4011:
+	case code >= 1000 && code <= 1015, code >= 4000 && code <= 4013:
 		label = strconv.Itoa(code)
 	}
 	m.closes.WithLabelValues(label).Inc()
@@ -106,7 +157,9 @@ const typeInvalid = "invalid"
 
 func (m *metrics) messageIn(kind string) {
 	switch kind {
-	case protocol.TypeHello, protocol.TypePush, protocol.TypePull, protocol.TypeAuth, protocol.TypePing:
+	case protocol.TypeHello, protocol.TypePush, protocol.TypePull, protocol.TypeAuth, protocol.TypePing,
+		protocol.TypeAppState, protocol.TypeJoin, protocol.TypeLeave, protocol.TypeRoomState, protocol.TypeTyping,
+		protocol.TypeCheckpoint:
 	default:
 		kind = typeInvalid
 	}

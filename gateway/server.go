@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/syncgate/syncgate/gateway/auth"
+	"github.com/syncgate/syncgate/presence"
 	"github.com/syncgate/syncgate/storage"
 	"github.com/syncgate/syncgate/sync/engine"
 	"github.com/syncgate/syncgate/sync/protocol"
@@ -41,6 +43,8 @@ type Engine interface {
 	// Latest is scope's newest entry as a changes message (nil: empty
 	// scope), broadcast after fan-out may have lost messages.
 	Latest(ctx context.Context, scope string) (*protocol.Changes, error)
+	// Confirm records the checkpoints a device confirmed.
+	Confirm(ctx context.Context, p engine.Principal, checkpoints map[string]uint64) error
 }
 
 // Verifier checks client tokens. *auth.Verifier implements it. Errors must
@@ -80,6 +84,14 @@ type Options struct {
 	Media storage.Media
 	// MediaConfig tunes the media API; zero fields take their defaults.
 	MediaConfig MediaConfig
+	// Tracker stores presence (online entries, rooms). Nodes of a cluster
+	// share one (presence.RedisTracker). nil: a presence.MemoryTracker
+	// with Config.PresenceTTL.
+	Tracker presence.Tracker
+	// Store answers the support API's sync-lag questions (heads,
+	// checkpoints, conflicts). storage.Store implements it. nil: the user
+	// API omits per-scope sync state.
+	Store SupportStore
 }
 
 // ErrServerClosed is returned by Serve after Shutdown has started.
@@ -108,6 +120,8 @@ type Server struct {
 	http     *http.Server
 	limits   struct{ MaxBatch, PullLimit int }
 	sessions *sessionManager // device sessions (sessions.go)
+	presence *presenceManager // presence and rooms (presence.go)
+	store    SupportStore     // nil: no per-scope sync state in the support API
 	media    storage.Media   // nil: no media API (http_media.go)
 	mediaCfg MediaConfig
 
@@ -125,6 +139,8 @@ type Server struct {
 	shutdownOnce sync.Once
 	shutdownDone chan struct{}
 	shutdownErr  error
+	drainOnce    sync.Once
+	drainStart   chan struct{} // closed when draining begins: ends event streams
 
 	mu     sync.Mutex // guards conns; held only for map operations
 	conns  map[*conn]struct{}
@@ -157,11 +173,12 @@ func New(cfg Config, o Options) (*Server, error) {
 		verifier:     o.Verifier,
 		broker:       o.Broker,
 		log:          o.Logger,
-		metrics:      newMetrics(o.Registry),
+		store:        o.Store,
 		resyncQ:      make(chan string, resyncQueue),
 		gatherer:     o.Gatherer,
 		hub:          newHub(o.Broker),
 		shutdownDone: make(chan struct{}),
+		drainStart:   make(chan struct{}),
 		conns:        make(map[*conn]struct{}),
 		media:        o.Media,
 		mediaCfg:     o.MediaConfig,
@@ -191,9 +208,14 @@ func New(cfg Config, o Options) (*Server, error) {
 			writeJSONError(w, status, protocol.CodeBadRequest, "websocket upgrade failed: "+reason.Error())
 		},
 	}
+	if o.Tracker == nil {
+		o.Tracker = presence.NewMemoryTracker(presence.Options{TTL: cfg.PresenceTTL})
+	}
+	s.presence = newPresenceManager(s, o.Tracker)
+	s.metrics = newMetrics(o.Registry, s.presence.localEntries)
 	s.sessions = newSessionManager(o.Sessions, o.Broker, &s.cfg, s.log)
 	if cb, ok := o.Broker.(ControlBroker); ok {
-		cb.HandleControl(s.sessions.onControl) // before Run, which Serve calls
+		cb.HandleControl(s.onControl) // before Run, which Serve calls
 	}
 	s.handler = s.routes()
 	s.http = &http.Server{
@@ -241,6 +263,7 @@ func (s *Server) routes() http.Handler {
 	r.GET("/v1/sessions", s.instrument("sessions", s.handleSessions))
 	r.DELETE("/v1/sessions/:id", s.instrument("revoke_session", s.handleRevokeSession))
 	s.mediaRoutes(r)
+	s.supportRoutes(r)
 	return r
 }
 
@@ -338,6 +361,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if err := s.broker.Run(s.baseCtx, s.deliver); err != nil {
 		return fmt.Errorf("gateway: starting broker: %w", err)
 	}
+	go s.presence.run(s.baseCtx)
 	s.http.BaseContext = func(net.Listener) context.Context { return ctx }
 	stop := context.AfterFunc(ctx, s.closeNow)
 	defer stop()
@@ -356,6 +380,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 // closeNow closes the listener and every socket without a close handshake.
 func (s *Server) closeNow() {
+	s.beginDrain()
 	s.mu.Lock()
 	s.draining.Store(true)
 	s.mu.Unlock()
@@ -385,8 +410,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
+// beginDrain ends the long-lived HTTP responses (event streams), which
+// http.Server.Shutdown would otherwise wait for.
+func (s *Server) beginDrain() { s.drainOnce.Do(func() { close(s.drainStart) }) }
+
 func (s *Server) drain(ctx context.Context) error {
 	start := time.Now()
+	s.beginDrain()
 	s.mu.Lock()
 	s.draining.Store(true)
 	s.mu.Unlock()
@@ -482,6 +512,16 @@ func (s *Server) publish(scope string, m protocol.Message) {
 // subscribers. nil data means the broker may have lost messages of scope
 // (see Broker): the scope is queued for a resync hint.
 func (s *Server) deliver(scope string, data []byte) {
+	if strings.HasPrefix(scope, presenceKeyPrefix) {
+		switch {
+		case data == nil: // presence events are not in the log: nothing to resync
+		case scope == supportEventsKey:
+			s.presence.streams.dispatch(data)
+		default: // a room
+			s.hub.broadcast(scope, data)
+		}
+		return
+	}
 	if data == nil {
 		s.queueResync(scope)
 		return

@@ -72,6 +72,18 @@ func (c *conn) handle(kind int, data []byte) {
 		c.onAuth(m)
 	case *protocol.Ping:
 		c.send(&protocol.Pong{Envelope: protocol.Envelope{Rid: m.Rid}})
+	case *protocol.AppStateMsg:
+		c.onAppState(m)
+	case *protocol.Checkpoint:
+		c.onCheckpoint(m)
+	case *protocol.Join:
+		c.onJoin(m)
+	case *protocol.Leave:
+		c.onLeave(m)
+	case *protocol.RoomStateMsg:
+		c.onRoomState(m)
+	case *protocol.Typing:
+		c.onTyping(m)
 	}
 }
 
@@ -168,6 +180,12 @@ func (c *conn) onHello(h *protocol.Hello) {
 		}
 		sess.scopes[st.Scope] = struct{}{}
 	}
+	scopes := make([]string, 0, len(sess.scopes))
+	for scope := range sess.scopes {
+		scopes = append(scopes, scope)
+	}
+	slices.Sort(scopes)
+	c.startPresence(h, scopes)
 }
 
 // resetReason words why a scope was reset, as engine.Pull does.
@@ -203,6 +221,9 @@ func (c *conn) onPull(m *protocol.Pull) {
 		reset.Rid = m.Rid
 		c.send(reset)
 	case ch != nil:
+		if m.Since > 0 { // a pull's since is proof the device holds it (engine.Pull saves it)
+			c.pres.confirm(map[string]uint64{m.Scope: m.Since}, false)
+		}
 		ch.Rid = m.Rid
 		if ch.Entries == nil {
 			ch.Entries = []protocol.Change{}
@@ -241,6 +262,12 @@ func (c *conn) onAuth(m *protocol.Auth) {
 		}
 	}
 	slices.Sort(revoked)
+	if len(revoked) > 0 {
+		p := c.pres
+		p.mu.Lock()
+		p.scopes = slices.DeleteFunc(p.scopes, func(s string) bool { return slices.Contains(revoked, s) })
+		p.mu.Unlock()
+	}
 	for _, scope := range revoked {
 		c.srv.unsubscribe(scope, c)
 		delete(sess.scopes, scope)
@@ -323,6 +350,7 @@ func (c *conn) sendBytes(data []byte) { c.enqueue(data) }
 
 // requestError answers a failed request; the connection stays open.
 func (c *conn) requestError(rid uint64, perr *protocol.Error) {
+	c.noteError(perr.Code, perr.Message)
 	c.sendBytes(c.srv.errorMessage(rid, perr.Code, perr.Message))
 }
 
@@ -385,6 +413,18 @@ func ridOfMessage(m protocol.Message) uint64 {
 	case *protocol.Ping:
 		return m.Rid
 	case *protocol.Hello:
+		return m.Rid
+	case *protocol.AppStateMsg:
+		return m.Rid
+	case *protocol.Checkpoint:
+		return m.Rid
+	case *protocol.Join:
+		return m.Rid
+	case *protocol.Leave:
+		return m.Rid
+	case *protocol.RoomStateMsg:
+		return m.Rid
+	case *protocol.Typing:
 		return m.Rid
 	}
 	return 0

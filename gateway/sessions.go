@@ -49,6 +49,10 @@ type controlMsg struct {
 	Type    string `json:"type"`
 	Session string `json:"session,omitempty"`
 	Evicted bool   `json:"evicted,omitempty"`
+	// Device actions (presence.go).
+	Action string `json:"action,omitempty"`
+	User   string `json:"user,omitempty"`
+	Device string `json:"device,omitempty"`
 }
 
 // sessionManager is the Server's session part: the store, and this node's
@@ -154,18 +158,20 @@ func (m *sessionManager) announce(s storage.Session) {
 }
 
 // onControl is the broker's ControlHandler. It must not block: it only
-// starts closes.
-func (m *sessionManager) onControl(data []byte) {
+// starts closes (and resyncs in a goroutine).
+func (s *Server) onControl(data []byte) {
 	var msg controlMsg
 	if err := json.Unmarshal(data, &msg); err != nil {
-		m.log.Warn("gateway: undecodable control message", "err", err)
+		s.log.Warn("gateway: undecodable control message", "err", err)
 		return
 	}
 	switch msg.Type {
 	case controlSessionRevoked:
-		m.disconnect(msg.Session, msg.Evicted)
+		s.sessions.disconnect(msg.Session, msg.Evicted)
+	case controlDeviceAction:
+		s.presence.act(msg.Action, msg.User, msg.Device)
 	default:
-		m.log.Debug("gateway: ignoring a control message of unknown type", "type", msg.Type)
+		s.log.Debug("gateway: ignoring a control message of unknown type", "type", msg.Type)
 	}
 }
 

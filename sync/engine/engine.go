@@ -258,6 +258,26 @@ func (e *Engine) Pull(ctx context.Context, p Principal, scope string, since uint
 	return ch, nil, nil
 }
 
+// Confirm records the seqs a device says it has applied (the `checkpoint`
+// message), for the scopes p may use; others are ignored. Checkpoints only
+// move forward. They inform the support API's sync lag and change nothing
+// in sync: a device's pulls and hello carry their own since.
+func (e *Engine) Confirm(ctx context.Context, p Principal, checkpoints map[string]uint64) error {
+	keep := make(map[string]uint64, len(checkpoints))
+	for scope, seq := range checkpoints {
+		if p.CanUse(scope) {
+			keep[scope] = seq
+		}
+	}
+	if len(keep) == 0 {
+		return nil
+	}
+	if err := e.store.SaveCheckpoints(ctx, p.Ref(), keep, e.cfg.Now()); err != nil {
+		return e.storageErr(ctx, "checkpoint", err)
+	}
+	return nil
+}
+
 // Latest returns scope's newest entry as a one-entry changes message
 // (From = head-1, To = head), or nil while the scope is empty. The gateway
 // broadcasts it after its fan-out may have lost messages (a Redis

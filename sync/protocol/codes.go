@@ -44,6 +44,9 @@ const (
 	// CodeSessionExpired: the open session's record expired or vanished
 	// from the store (the store was unreachable for longer than the TTL).
 	CodeSessionExpired Code = "session_expired"
+	// CodeDisconnected: support staff disconnected the device
+	// (POST /v1/support/devices/{id}/disconnect); it may reconnect.
+	CodeDisconnected Code = "disconnected"
 )
 
 // Retryable reports whether a request that failed with c may succeed if sent
@@ -82,4 +85,5 @@ const (
 	CloseShutdown       = 4010 // the node is draining; reconnect (any node) after jitter
 	CloseSessionRevoked = 4011 // the session was revoked or evicted (forget its id; do not reconnect with this token)
 	CloseSessionExpired = 4012 // the session expired while connected (reconnect without its id: a new one begins)
+	CloseDisconnected   = 4013 // support staff disconnected the device; reconnect after backoff
 )

@@ -31,6 +31,18 @@ func Decode(data []byte) (Message, *Error) {
 		m = &Auth{}
 	case TypePing:
 		m = &Ping{}
+	case TypeAppState:
+		m = &AppStateMsg{}
+	case TypeJoin:
+		m = &Join{}
+	case TypeLeave:
+		m = &Leave{}
+	case TypeRoomState:
+		m = &RoomStateMsg{}
+	case TypeTyping:
+		m = &Typing{}
+	case TypeCheckpoint:
+		m = &Checkpoint{}
 	case "":
 		return nil, Errorf(CodeMalformed, "message has no type")
 	default:

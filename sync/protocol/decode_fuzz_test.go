@@ -18,6 +18,13 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"pull","rid":3,"scope":"user:a","since":10,"limit":2}`,
 		`{"type":"auth","token":"x"}`,
 		`{"type":"ping","rid":4}`,
+		`{"type":"app_state","state":"background"}`,
+		`{"type":"join","rid":6,"scope":"space:t","room":"doc:1","state":{"cursor":[1,2]}}`,
+		`{"type":"room_state","scope":"space:t","room":"doc:1","state":{"sel":{"a":1,
+"b":2}}}`,
+		`{"type":"typing","scope":"space:t","room":"doc:1"}`,
+		`{"type":"leave","rid":7,"scope":"space:t","room":"doc:1"}`,
+		`{"type":"checkpoint","scopes":{"user:a":18446744073709551615}}`,
 		`{"type":"nope"}`,
 		`{"rid":5}`,
 		`{"type":"push","mutations":[{"data":{"n":1e400}}]}`,
@@ -38,7 +45,8 @@ func FuzzDecode(f *testing.F) {
 			return
 		}
 		switch m.Kind() {
-		case TypeHello, TypePush, TypePull, TypeAuth, TypePing:
+		case TypeHello, TypePush, TypePull, TypeAuth, TypePing,
+			TypeAppState, TypeJoin, TypeLeave, TypeRoomState, TypeTyping, TypeCheckpoint:
 		default:
 			t.Fatalf("Decode returned a %s, which is not a client message", m.Kind())
 		}
