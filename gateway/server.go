@@ -119,10 +119,10 @@ type Server struct {
 	handler  http.Handler
 	http     *http.Server
 	limits   struct{ MaxBatch, PullLimit int }
-	sessions *sessionManager // device sessions (sessions.go)
+	sessions *sessionManager  // device sessions (sessions.go)
 	presence *presenceManager // presence and rooms (presence.go)
 	store    SupportStore     // nil: no per-scope sync state in the support API
-	media    storage.Media   // nil: no media API (http_media.go)
+	media    storage.Media    // nil: no media API (http_media.go)
 	mediaCfg MediaConfig
 
 	// Encoded once: sent to many connections.
