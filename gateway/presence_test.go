@@ -566,4 +566,6 @@ func TestPresenceGhostsOfDeadNodeSwept(t *testing.T) {
 	})
 }
 
-func deviceRef(user, device string) storage.DeviceRef { return storage.DeviceRef{User: user, Device: device} }
+func deviceRef(user, device string) storage.DeviceRef {
+	return storage.DeviceRef{User: user, Device: device}
+}
