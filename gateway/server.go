@@ -473,6 +473,11 @@ closing:
 			s.log.Warn("gateway: closing broker", "err", cerr)
 		}
 	}
+	if cl, ok := s.presence.tracker.(Closer); ok { // after the connections' last Disconnect
+		if cerr := cl.Close(ctx); cerr != nil {
+			s.log.Warn("gateway: closing the presence tracker", "err", cerr)
+		}
+	}
 	s.log.Info("gateway: drained", "took", time.Since(start), "err", err)
 	return err
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/syncgate/syncgate/gateway"
 	"github.com/syncgate/syncgate/gateway/auth"
 	"github.com/syncgate/syncgate/internal/config"
+	"github.com/syncgate/syncgate/presence"
 	"github.com/syncgate/syncgate/storage"
 	"github.com/syncgate/syncgate/storage/embedded"
 	"github.com/syncgate/syncgate/storage/mongo"
@@ -109,8 +110,21 @@ func New(ctx context.Context, cfg config.Config, o Options) (*App, error) {
 		store.Close(ctx)
 		return nil, err
 	}
-	var broker gateway.Broker // nil: in-process fan-out
+	var (
+		broker  gateway.Broker   // nil: in-process fan-out
+		tracker presence.Tracker // a MemoryTracker unless Redis is configured
+	)
+	tracker = presence.NewMemoryTracker(presence.Options{TTL: cfg.Presence.TTL})
 	if cfg.Redis.Addr != "" {
+		rt, err := presence.NewRedisTracker(presence.RedisTrackerConfig{
+			Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.Redis.Prefix,
+			Options: presence.Options{TTL: cfg.Presence.TTL},
+		})
+		if err != nil {
+			store.Close(ctx)
+			return nil, fmt.Errorf("app: redis presence: %w", err)
+		}
+		tracker = rt
 		broker, err = gateway.NewRedisBroker(gateway.RedisBrokerConfig{
 			Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.Redis.Prefix,
 			Node: cfg.Node, Logger: log, Registerer: reg,
@@ -129,7 +143,7 @@ func New(ctx context.Context, cfg config.Config, o Options) (*App, error) {
 	}
 	srv, err := gateway.New(gatewayConfig(cfg), gateway.Options{
 		Engine: eng, Verifier: verifier, Broker: broker, Logger: log, Registry: reg, Gatherer: reg, Sessions: sessions,
-		Media: media, MediaConfig: mediaConfig(cfg),
+		Media: media, MediaConfig: mediaConfig(cfg), Tracker: tracker, Store: store,
 	})
 	if err != nil {
 		store.Close(ctx)
@@ -235,6 +249,14 @@ func gatewayConfig(c config.Config) gateway.Config {
 		SessionTTL:         c.Sessions.TTL,
 		SessionRememberTTL: c.Sessions.RememberTTL,
 		MaxSessionsPerUser: c.Sessions.MaxPerUser,
+		PresenceHeartbeat:  c.Presence.Heartbeat,
+		PresenceTTL:        c.Presence.TTL,
+		PresenceSweep:      c.Presence.SweepEvery,
+		AwarenessMaxBytes:  c.Presence.AwarenessMaxBytes,
+		AwarenessInterval:  c.Presence.AwarenessInterval,
+		TypingInterval:     c.Presence.TypingInterval,
+		TypingTTL:          c.Presence.TypingTTL,
+		MaxRoomsPerConn:    c.Presence.MaxRooms,
 	}
 }
 

@@ -56,6 +56,9 @@ type Config struct {
 	Sessions Sessions `yaml:"sessions"`
 	// Media configures the media API (/v1/media; see docs/operations.md).
 	Media Media `yaml:"media"`
+	// Presence configures online entries, rooms and their limits (see
+	// docs/operations.md and docs/support-api.md).
+	Presence Presence `yaml:"presence"`
 	// Collections sets the conflict rule of each collection, with per-field
 	// overrides; "*" is the default for every other collection. Empty (the
 	// default) means last-writer-wins per field for every collection. When
@@ -227,6 +230,38 @@ type Sessions struct {
 	SweepEvery time.Duration `yaml:"sweep_every"`
 }
 
+// Presence configures presence: every connection is an online entry,
+// refreshed every heartbeat and gone ttl after the last one; rooms carry
+// awareness states and typing indicators.
+type Presence struct {
+	// Heartbeat is how often a node refreshes its entries and its node
+	// record (1s to 5m, below ttl). Default 25s.
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	// TTL is how long an entry outlives its last heartbeat: the devices of
+	// a node that died show offline, and leave their rooms, within it
+	// (more than heartbeat, at most 1h). Default 60s.
+	TTL time.Duration `yaml:"ttl"`
+	// SweepEvery is how often each node removes expired entries and
+	// announces them (100ms to ttl). Default 5s.
+	SweepEvery time.Duration `yaml:"sweep_every"`
+	// AwarenessMaxBytes caps one awareness state as JSON (16 to 65536).
+	// Default 1024.
+	AwarenessMaxBytes int `yaml:"awareness_max_bytes"`
+	// AwarenessInterval is the least gap between two awareness updates of
+	// one connection in one room; faster ones are coalesced (1ms to 10s).
+	// Default 100ms (10/s).
+	AwarenessInterval time.Duration `yaml:"awareness_interval"`
+	// TypingInterval: at most one typing indicator per user per room per
+	// interval, cluster-wide (10ms to 1m). Default 1s.
+	TypingInterval time.Duration `yaml:"typing_interval"`
+	// TypingTTL is how long a typing indicator shows (10ms to 1m).
+	// Default 3s.
+	TypingTTL time.Duration `yaml:"typing_ttl"`
+	// MaxRooms caps the rooms one connection may be in (1 to 1000).
+	// Default 32.
+	MaxRooms int `yaml:"max_rooms"`
+}
+
 // Media configures the media API and its storage: files under
 // <data_dir>/media with the embedded store, a GridFS bucket with MongoDB.
 type Media struct {
@@ -295,6 +330,16 @@ func Default() Config {
 			RememberTTL: 24 * time.Hour,
 			MaxPerUser:  10,
 			SweepEvery:  time.Minute,
+		},
+		Presence: Presence{
+			Heartbeat:         25 * time.Second,
+			TTL:               60 * time.Second,
+			SweepEvery:        5 * time.Second,
+			AwarenessMaxBytes: 1024,
+			AwarenessInterval: 100 * time.Millisecond,
+			TypingInterval:    time.Second,
+			TypingTTL:         3 * time.Second,
+			MaxRooms:          32,
 		},
 		Media: Media{
 			MaxBytes:     100 * MiB,

@@ -47,6 +47,9 @@ func TestDefaultIsValid(t *testing.T) {
 		"history.retention":       720 * time.Hour, "history.compact_every": time.Hour, "history.receipt_ttl": 24 * time.Hour,
 		"sessions.ttl": 2 * time.Hour, "sessions.remember_ttl": 24 * time.Hour, "sessions.max_per_user": 10,
 		"sessions.sweep_every": time.Minute,
+		"presence.heartbeat":   25 * time.Second, "presence.ttl": 60 * time.Second, "presence.sweep_every": 5 * time.Second,
+		"presence.awareness_max_bytes": 1024, "presence.awareness_interval": 100 * time.Millisecond,
+		"presence.typing_interval": time.Second, "presence.typing_ttl": 3 * time.Second, "presence.max_rooms": 32,
 	}
 	byPath := fieldsByPath()
 	v := reflect.ValueOf(d)
@@ -578,6 +581,8 @@ func TestValidate(t *testing.T) {
 		{"media any type", func(c *Config) { c.Media.AllowedTypes = []string{"*/*"} }, nil},
 
 		{"session ttl short", func(c *Config) { c.Sessions.TTL = 30 * time.Second }, []string{"sessions.ttl must be between 1m and 8760h0m0s, got 30s"}},
+		{"presence ttl below heartbeat", func(c *Config) { c.Presence.TTL = 20 * time.Second }, []string{"presence.ttl must exceed presence.heartbeat (25s), got 20s"}},
+		{"presence awareness cap", func(c *Config) { c.Presence.AwarenessMaxBytes = 1 << 20 }, []string{"presence.awareness_max_bytes"}},
 		{"session ttl long", func(c *Config) { c.Sessions.TTL = 9000 * time.Hour; c.Sessions.RememberTTL = 9000 * time.Hour }, []string{"sessions.ttl must be between", "sessions.remember_ttl must be between"}},
 		{"remember below ttl", func(c *Config) { c.Sessions.RememberTTL = time.Hour }, []string{"sessions.remember_ttl must be between sessions.ttl (2h0m0s) and 8760h0m0s, got 1h0m0s"}},
 		{"remember equal ttl", func(c *Config) { c.Sessions.RememberTTL = c.Sessions.TTL }, nil},

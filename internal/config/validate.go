@@ -47,6 +47,7 @@ func (c Config) Validate() error {
 	c.History.validate(&p)
 	c.Sessions.validate(&p)
 	c.Media.validate(&p)
+	c.Presence.validate(&p)
 	return errors.Join(p...)
 }
 
@@ -186,6 +187,25 @@ func (s Sessions) validate(p *problems) {
 	if s.SweepEvery < time.Second || s.SweepEvery > 24*time.Hour {
 		p.add("sessions.sweep_every must be between 1s and 24h, got %s", s.SweepEvery)
 	}
+}
+
+func (pr Presence) validate(p *problems) {
+	between := func(key string, got, lo, hi time.Duration) {
+		if got < lo || got > hi {
+			p.add("%s must be between %s and %s, got %s", key, lo, hi, got)
+		}
+	}
+	between("presence.heartbeat", pr.Heartbeat, time.Second, 5*time.Minute)
+	between("presence.ttl", pr.TTL, time.Second, time.Hour)
+	if pr.TTL <= pr.Heartbeat {
+		p.add("presence.ttl must exceed presence.heartbeat (%s), got %s", pr.Heartbeat, pr.TTL)
+	}
+	between("presence.sweep_every", pr.SweepEvery, 100*time.Millisecond, max(pr.TTL, 100*time.Millisecond))
+	p.count("presence.awareness_max_bytes", pr.AwarenessMaxBytes, 16, 65536)
+	between("presence.awareness_interval", pr.AwarenessInterval, time.Millisecond, 10*time.Second)
+	between("presence.typing_interval", pr.TypingInterval, 10*time.Millisecond, time.Minute)
+	between("presence.typing_ttl", pr.TypingTTL, 10*time.Millisecond, time.Minute)
+	p.count("presence.max_rooms", pr.MaxRooms, 1, 1000)
 }
 
 func (m Media) validate(p *problems) {
