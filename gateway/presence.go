@@ -117,6 +117,14 @@ type roomMember struct {
 	left       bool
 }
 
+// waitSends waits for a state or typing send in flight (a flush that
+// passed its left check before the member left), so that no state event
+// follows the member's leave event: a client would draw a ghost cursor.
+func (rm *roomMember) waitSends() {
+	rm.sendMu.Lock()
+	rm.sendMu.Unlock() //nolint:staticcheck // an empty critical section: a barrier
+}
+
 // device snapshots the entry as the tracker stores it.
 func (p *connPresence) device(now time.Time) presence.Device {
 	p.mu.Lock()
@@ -208,14 +216,19 @@ func (c *conn) endPresence() {
 	m.mu.Unlock()
 	p.mu.Lock()
 	local := make([]string, 0, len(p.rooms))
+	members := make([]*roomMember, 0, len(p.rooms))
 	for id, rm := range p.rooms {
 		rm.left = true
 		if rm.timer != nil {
 			rm.timer.Stop()
 		}
 		local = append(local, id)
+		members = append(members, rm)
 	}
 	p.mu.Unlock()
+	for _, rm := range members {
+		rm.waitSends()
+	}
 	for _, id := range local {
 		c.srv.unsubscribe(roomKeyPrefix+id, c)
 	}
@@ -546,6 +559,7 @@ func (c *conn) onLeave(msg *protocol.Leave) {
 		c.requestError(msg.Rid, protocol.Errorf(protocol.CodeNotFound, "not in room %s", msg.Room))
 		return
 	}
+	rm.waitSends()
 	ctx, cancel := m.ctx()
 	defer cancel()
 	if _, err := m.tracker.Leave(ctx, id, p.base.Conn); err != nil {

@@ -74,6 +74,9 @@ type Device struct {
 	waiters     map[uint64]chan json.RawMessage
 	pulling     map[string]bool
 	OnChanges   func(scope string, c *protocol.Changes, received time.Time) // optional hook (bench)
+	// OnRoomEvent, if set, receives every room_event (on the read loop:
+	// it must not block). Set it before Connect.
+	OnRoomEvent func(ev protocol.RoomEvent, received time.Time)
 	closed      chan struct{}
 	closeCode   int
 	lastErr     []protocol.ErrorMsg
@@ -609,9 +612,36 @@ func (d *Device) dispatch(raw []byte, received time.Time) {
 			d.reset(r.Scope)
 			d.requestCatchUp(r.Scope)
 		}
+	case env.Type == protocol.TypeRoomEvent:
+		var ev protocol.RoomEvent
+		if hook := d.OnRoomEvent; hook != nil && json.Unmarshal(raw, &ev) == nil {
+			hook(ev, received)
+		}
 	case env.Type == protocol.TypeError:
 		d.recordError(raw)
 	}
+}
+
+// Join joins a room of scope and returns its members.
+func (d *Device) Join(ctx context.Context, scope, room string) (*protocol.Room, error) {
+	rid, ch := d.newRequest()
+	if err := d.send(&protocol.Join{Envelope: protocol.Envelope{Rid: rid}, RoomRef: protocol.RoomRef{Scope: scope, Room: room}}); err != nil {
+		return nil, err
+	}
+	raw, err := d.await(ctx, rid, ch)
+	if err != nil {
+		return nil, err
+	}
+	var r protocol.Room
+	if err := json.Unmarshal(raw, &r); err != nil || r.Type != protocol.TypeRoom {
+		return nil, fmt.Errorf("client: join answered with %s", raw)
+	}
+	return &r, nil
+}
+
+// SetRoomState sets this connection's awareness state in a room joined.
+func (d *Device) SetRoomState(scope, room string, state json.RawMessage) error {
+	return d.send(&protocol.RoomStateMsg{RoomRef: protocol.RoomRef{Scope: scope, Room: room}, State: state})
 }
 
 func (d *Device) recordError(raw []byte) {
