@@ -57,7 +57,7 @@ func (c *conn) handle(kind int, data []byte) {
 			c.onHello(h)
 			return
 		}
-		c.fatal(ridOfMessage(msg), protocol.Errorf(protocol.CodeNotReady,
+		c.fatal(protocol.RidOf(msg), protocol.Errorf(protocol.CodeNotReady,
 			"the first message must be hello, not %s", msg.Kind()), protocol.CloseProtocolError)
 		return
 	}
@@ -402,30 +402,3 @@ func ridOf(data []byte) uint64 {
 	return env.Rid
 }
 
-func ridOfMessage(m protocol.Message) uint64 {
-	switch m := m.(type) {
-	case *protocol.Push:
-		return m.Rid
-	case *protocol.Pull:
-		return m.Rid
-	case *protocol.Auth:
-		return m.Rid
-	case *protocol.Ping:
-		return m.Rid
-	case *protocol.Hello:
-		return m.Rid
-	case *protocol.AppStateMsg:
-		return m.Rid
-	case *protocol.Checkpoint:
-		return m.Rid
-	case *protocol.Join:
-		return m.Rid
-	case *protocol.Leave:
-		return m.Rid
-	case *protocol.RoomStateMsg:
-		return m.Rid
-	case *protocol.Typing:
-		return m.Rid
-	}
-	return 0
-}

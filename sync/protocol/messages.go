@@ -251,6 +251,9 @@ type Message interface {
 
 func (e *Envelope) envelope() *Envelope { return e }
 
+// RidOf returns a message's request id (0: none).
+func RidOf(m Message) uint64 { return m.envelope().Rid }
+
 func (*Hello) Kind() string       { return TypeHello }
 func (*Push) Kind() string        { return TypePush }
 func (*Pull) Kind() string        { return TypePull }
