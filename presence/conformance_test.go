@@ -252,6 +252,42 @@ func TestNodeRecordExpiry(t *testing.T) {
 	})
 }
 
+// A dead node with more entries than one sweep step removes: every one
+// is swept, each exactly once, and the node record goes with the last.
+func TestSweepLargeDeadNode(t *testing.T) {
+	forEach(t, func(t *testing.T, tr Tracker, c *clock) {
+		ctx := context.Background()
+		must(t, tr.RenewNode(ctx, "big"))
+		const n = 1200
+		for i := range n {
+			must(t, tr.Connect(ctx, dev(fmt.Sprintf("c%04d", i), fmt.Sprintf("u%d", i%50), "d", "big")))
+		}
+		c.Advance(testTTL + time.Second)
+		gone, err := tr.Sweep(ctx)
+		must(t, err)
+		seen := map[string]bool{}
+		for _, g := range gone {
+			if seen[g.Device.Conn] {
+				t.Fatalf("%s swept twice", g.Device.Conn)
+			}
+			seen[g.Device.Conn] = true
+		}
+		if len(seen) != n {
+			t.Fatalf("swept %d of %d", len(seen), n)
+		}
+		p, _ := tr.Online(ctx, Query{Limit: 10})
+		if p.Conns != 0 || p.Users != 0 {
+			t.Fatalf("after the sweep: %+v", p)
+		}
+		// A new process under the same instance name starts clean.
+		must(t, tr.RenewNode(ctx, "big"))
+		must(t, tr.Connect(ctx, dev("fresh", "u", "d", "big")))
+		if again, _ := tr.Sweep(ctx); len(again) != 0 {
+			t.Fatalf("a renewed node lost entries: %+v", again)
+		}
+	})
+}
+
 func goneDevices(gs []Gone) []Device {
 	out := make([]Device, len(gs))
 	for i, g := range gs {

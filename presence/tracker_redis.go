@@ -188,15 +188,24 @@ return remove(ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(A
 	sweepScript = redis.NewScript(removeLua + `
 local p, now, ttl, rttl, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local gone = {}
+-- A dead node's entries go at most limit per call, so that one script
+-- never holds Redis for a whole node's worth of removals.
+local budget = limit
 for _, inst in ipairs(redis.call('ZRANGEBYSCORE', p..':nodes', '-inf', now, 'LIMIT', 0, 8)) do
-  for _, conn in ipairs(redis.call('SMEMBERS', p..':n:'..inst)) do
+  local set = p..':n:'..inst
+  for _, conn in ipairs(redis.call('SRANDMEMBER', set, budget)) do
     local r = remove(p, conn, -1, ttl, rttl)
+    redis.call('SREM', set, conn) -- also when the entry was already gone
     if r then table.insert(gone, r) end
+    budget = budget - 1
   end
-  redis.call('DEL', p..':n:'..inst)
-  redis.call('ZREM', p..':nodes', inst)
+  if redis.call('SCARD', set) == 0 then
+    redis.call('DEL', set)
+    redis.call('ZREM', p..':nodes', inst)
+  end
+  if budget <= 0 then return gone end
 end
-for _, conn in ipairs(redis.call('ZRANGEBYSCORE', p..':exp', '-inf', now, 'LIMIT', 0, limit)) do
+for _, conn in ipairs(redis.call('ZRANGEBYSCORE', p..':exp', '-inf', now, 'LIMIT', 0, budget)) do
   local r = remove(p, conn, -1, ttl, rttl)
   if r then table.insert(gone, r) end
 end
@@ -318,8 +327,8 @@ func (t *RedisTracker) Disconnect(ctx context.Context, conn string) (Gone, bool,
 }
 
 // sweepBatch bounds the entries one sweep script removes (each removal is
-// about 20 commands inside Redis); Sweep loops until a batch comes back
-// short.
+// about 20 commands inside Redis); Sweep calls it until a call removes
+// nothing.
 const sweepBatch = 500
 
 func (t *RedisTracker) Sweep(ctx context.Context) ([]Gone, error) {
@@ -339,7 +348,7 @@ func (t *RedisTracker) Sweep(ctx context.Context) ([]Gone, error) {
 				out = append(out, g)
 			}
 		}
-		if len(v) < sweepBatch {
+		if len(v) == 0 {
 			break
 		}
 	}
