@@ -63,7 +63,7 @@ BENCHTIME       ?= 2s
 MONGO_BENCHTIME ?= 3s
 BENCH_DURATION  ?= 10s
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./storage/embedded/ ./conflict/ ./gateway/ ./sync/...
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./storage/embedded/ ./conflict/ ./presence/ ./gateway/ ./sync/...
 	$(GO) test -run '^$$' -bench . -benchtime $(MONGO_BENCHTIME) -benchmem -timeout 10m ./storage/mongo/
 
 bench-load:
