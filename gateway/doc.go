@@ -75,15 +75,22 @@
 // never one above it:
 //
 //  1. Server.mu                  connection registry; never held across a call
+//     roomMember.sendMu          one room member's state/typing sends, in order
+//     (presence.go; held across tracker calls and Broker.Publish)
 //  2. hub.subLocks[i]            serialise a scope's 0<->1 subscriber transitions
 //     (held across Broker.Subscribe/Unsubscribe)
+//     supportStreams.subMu       the same for the support event key
 //  3. engine scope lock          (sync/engine; held while calling Committed
 //     and Conflicted)
 //  4. broker locks (MemoryBus.mu) held while calling the Handler and the
 //     ControlHandler
 //  5. hubShard.mu                scope -> connections; held while enqueueing
+//     supportStreams.mu          event streams; held while handing them events
+//     (non-blocking sends)
 //     sessionManager.mu          session id -> connections (sessions.go);
-//     held only for map operations, never with a hub lock
+//     presenceManager.mu         presence id -> connections (presence.go);
+//     both held only for map operations, never with a hub lock
+//     connPresence.mu            one connection's presence state; a leaf
 //  6. conn.mu                    outbound queue and closing state; leaf
 //
 // Helpers that expect a held lock are named …Locked. conn.mu is a leaf: no

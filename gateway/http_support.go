@@ -372,7 +372,10 @@ func (s *Server) handleSupportUser(c *gin.Context) {
 		if s.store != nil {
 			scopes, err := s.syncState(ctx, user, d)
 			if err != nil {
-				s.httpError(c, s.sessionStoreError(ctx, "reading sync state", err))
+				if ctx.Err() == nil {
+					s.log.Warn("gateway: support API: reading sync state failed", "user", user, "err", err)
+				}
+				s.httpError(c, protocol.Errorf(protocol.CodeUnavailable, "the sync state is unavailable; retry"))
 				return
 			}
 			d.Scopes = scopes
@@ -645,7 +648,7 @@ func (s *Server) handleSupportAction(c *gin.Context) {
 				res.Revoked = append(res.Revoked, httpSessionOf(r))
 			}
 		}
-		if len(res.Revoked) == 0 && len(res.Connections) == 0 {
+		if len(res.Revoked) == 0 {
 			s.httpError(c, protocol.Errorf(protocol.CodeNotFound, "device %s of %s has no live session", device, user))
 			return
 		}

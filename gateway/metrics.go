@@ -102,7 +102,7 @@ func newMetrics(reg prometheus.Registerer, localOnline func() float64) *metrics 
 		}),
 		presenceSwept: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "syncgate", Name: "presence_swept_total",
-			Help: "Expired entries (ghosts of dead nodes) this node removed and announced offline.",
+			Help: "Expired entries this node removed and announced offline: ghosts of dead nodes, or entries whose node's heartbeat came too late.",
 		}),
 		presenceOnline: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "syncgate", Name: "presence_local_entries",

@@ -169,7 +169,7 @@ func (m *presenceManager) ctx() (context.Context, context.CancelFunc) {
 
 // startPresence makes the connection an online entry and announces it. It
 // runs on the read loop after the welcome.
-func (c *conn) startPresence(h *protocol.Hello, scopes []string) {
+func (c *conn) startPresence(h *protocol.Hello, scopes []string, checkpoints map[string]uint64) {
 	s, m := c.srv, c.srv.presence
 	now := time.Now().UTC()
 	p := &connPresence{
@@ -185,11 +185,7 @@ func (c *conn) startPresence(h *protocol.Hello, scopes []string) {
 		scopes:      scopes,
 		rooms:       make(map[string]*roomMember),
 	}
-	for _, sub := range h.Scopes {
-		if slices.Contains(scopes, sub.Scope) {
-			p.checkpoints[sub.Scope] = sub.Since
-		}
-	}
+	maps.Copy(p.checkpoints, checkpoints)
 	c.pres = p
 	m.mu.Lock()
 	m.conns[p.base.Conn] = c
@@ -235,6 +231,11 @@ func (c *conn) endPresence() {
 	ctx, cancel := m.ctx()
 	defer cancel()
 	m.persist(ctx, c, p)
+	// Write the entry as it is now (app state, checkpoints, the error that
+	// ended the connection) so that the device's last record keeps it.
+	if _, err := m.tracker.Refresh(ctx, []presence.Device{p.device(time.Now().UTC())}); err != nil {
+		c.srv.metrics.presenceErrors.Inc()
+	}
 	g, ok, err := m.tracker.Disconnect(ctx, p.base.Conn)
 	if err != nil {
 		c.srv.metrics.presenceErrors.Inc()
@@ -318,7 +319,6 @@ func (m *presenceManager) heartbeat(ctx context.Context) {
 		for i, c := range batch {
 			ds[i] = c.pres.device(now)
 			byID[ds[i].Conn] = c
-			m.persist(hctx, c, c.pres)
 		}
 		missing, err := m.tracker.Refresh(hctx, ds)
 		if err != nil {
@@ -327,11 +327,25 @@ func (m *presenceManager) heartbeat(ctx context.Context) {
 			continue
 		}
 		for _, id := range missing {
-			if c := byID[id]; c != nil {
+			if c := byID[id]; c != nil && m.registered(id) {
 				m.restore(hctx, c, now)
 			}
 		}
 	}
+	// Checkpoints confirmed since the last heartbeat go to the store after
+	// the entries are refreshed, so a slow store never delays presence.
+	for _, c := range conns {
+		m.persist(hctx, c, c.pres)
+	}
+}
+
+// registered reports whether conn is still one of this node's (it may
+// have closed since a heartbeat's snapshot).
+func (m *presenceManager) registered(conn string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.conns[conn]
+	return ok
 }
 
 // restore adds back an entry the tracker lost (swept after a late
@@ -427,9 +441,14 @@ func (c *conn) onAppState(msg *protocol.AppStateMsg) {
 	m := c.srv.presence
 	ctx, cancel := m.ctx()
 	defer cancel()
-	d := p.device(time.Now().UTC())
-	if _, err := m.tracker.Refresh(ctx, []presence.Device{d}); err != nil {
+	now := time.Now().UTC()
+	d := p.device(now)
+	missing, err := m.tracker.Refresh(ctx, []presence.Device{d})
+	switch {
+	case err != nil:
 		c.srv.metrics.presenceErrors.Inc()
+	case len(missing) > 0:
+		m.restore(ctx, c, now)
 	}
 	m.publishSupport(supportEvent{Type: "app_state", Device: d, State: string(st)})
 }
@@ -543,8 +562,34 @@ func (c *conn) onLeave(msg *protocol.Leave) {
 		c.requestError(msg.Rid, perr)
 		return
 	}
+	if !c.leaveRoom(roomID(msg.RoomRef), "leave") {
+		c.requestError(msg.Rid, protocol.Errorf(protocol.CodeNotFound, "not in room %s", msg.Room))
+		return
+	}
+	c.send(&protocol.Left{Envelope: protocol.Envelope{Rid: msg.Rid}, RoomRef: msg.RoomRef})
+}
+
+// leaveUngrantedRooms leaves every room whose scope a refreshed token no
+// longer grants (subscribed or not).
+func (c *conn) leaveUngrantedRooms() {
+	p := c.pres
+	p.mu.Lock()
+	var ids []string
+	for id, rm := range p.rooms {
+		if !c.sess.principal.CanUse(rm.ref.Scope) {
+			ids = append(ids, id)
+		}
+	}
+	p.mu.Unlock()
+	for _, id := range ids {
+		c.leaveRoom(id, "forbidden")
+	}
+}
+
+// leaveRoom removes the connection from a room it is in and announces the
+// leave; false if it was not in the room. It runs on the read loop.
+func (c *conn) leaveRoom(id, reason string) bool {
 	m, p := c.srv.presence, c.pres
-	id := roomID(msg.RoomRef)
 	p.mu.Lock()
 	rm, ok := p.rooms[id]
 	if ok {
@@ -556,8 +601,7 @@ func (c *conn) onLeave(msg *protocol.Leave) {
 	}
 	p.mu.Unlock()
 	if !ok {
-		c.requestError(msg.Rid, protocol.Errorf(protocol.CodeNotFound, "not in room %s", msg.Room))
-		return
+		return false
 	}
 	rm.waitSends()
 	ctx, cancel := m.ctx()
@@ -565,11 +609,11 @@ func (c *conn) onLeave(msg *protocol.Leave) {
 	if _, err := m.tracker.Leave(ctx, id, p.base.Conn); err != nil {
 		c.srv.metrics.presenceErrors.Inc()
 	}
-	c.send(&protocol.Left{Envelope: protocol.Envelope{Rid: msg.Rid}, RoomRef: msg.RoomRef})
 	c.srv.unsubscribe(roomKeyPrefix+id, c)
-	m.publishRoom(msg.RoomRef, &protocol.RoomEvent{RoomRef: msg.RoomRef, Event: protocol.RoomLeave,
+	m.publishRoom(rm.ref, &protocol.RoomEvent{RoomRef: rm.ref, Event: protocol.RoomLeave,
 		Member: protocol.Member{ID: p.base.Conn, User: p.base.User, Device: p.base.Device}})
-	m.publishSupport(supportEvent{Type: "leave", Device: p.device(time.Now().UTC()), Scope: msg.Scope, Room: msg.Room, Reason: "leave"})
+	m.publishSupport(supportEvent{Type: "leave", Device: p.device(time.Now().UTC()), Scope: rm.ref.Scope, Room: rm.ref.Room, Reason: reason})
+	return true
 }
 
 // member returns the connection's membership of a room, or answers

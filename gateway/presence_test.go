@@ -506,6 +506,13 @@ func TestSupportActionsAcrossNodes(t *testing.T) {
 			t.Fatalf("disconnect = %d %s", code, body)
 		}
 		bob.expectClose(protocol.CloseDisconnected)
+		// The error that ended the connection is the device's last error.
+		eventually(t, waitTimeout, "the offline device's last error", func() bool {
+			var u supportUser
+			n.a.getJSON(t, "/v1/support/users/bob", supportToken(t), &u)
+			return len(u.Devices) == 1 && !u.Devices[0].Online && u.Devices[0].LastError != nil &&
+				u.Devices[0].LastError.Code == string(protocol.CodeDisconnected)
+		})
 		bob2, _ := n.b.open(t, "bob", "laptop", scope)
 		eventually(t, waitTimeout, "bob back online", func() bool {
 			var o supportOnline
@@ -568,4 +575,29 @@ func TestPresenceGhostsOfDeadNodeSwept(t *testing.T) {
 
 func deviceRef(user, device string) storage.DeviceRef {
 	return storage.DeviceRef{User: user, Device: device}
+}
+
+// A token refresh that drops a space also leaves that space's rooms.
+func TestRoomsLeftWhenScopeRevoked(t *testing.T) {
+	t.Parallel()
+	forEachCluster(t, nil, func(t *testing.T, n nodePair, _ presence.Tracker) {
+		alice := n.a.dial(t)
+		alice.hello(token(t, "alice", tokSpaces("team")), "phone")
+		alice.join(1, "space:team", "doc:1")
+		bob := n.b.dial(t)
+		bob.hello(token(t, "bob", tokSpaces("team")), "laptop")
+		rb := bob.join(2, "space:team", "doc:1")
+		alice.waitFor(protocol.TypeRoomEvent, nil, eventOf(protocol.RoomJoin, "bob"))
+		bob.send(&protocol.Auth{Envelope: protocol.Envelope{Rid: 3}, Token: token(t, "bob")}) // no spaces
+		var ev protocol.RoomEvent
+		alice.waitFor(protocol.TypeRoomEvent, &ev, eventOf(protocol.RoomLeave, "bob"))
+		if ev.Member.ID != rb.You {
+			t.Fatalf("leave of %s, want %s", ev.Member.ID, rb.You)
+		}
+		var sr supportRoom
+		n.a.getJSON(t, "/v1/support/rooms/doc:1?scope=space:team", supportToken(t), &sr)
+		if len(sr.Members) != 1 {
+			t.Fatalf("room after bob's scope was revoked = %+v", sr)
+		}
+	})
 }

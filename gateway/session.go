@@ -181,11 +181,23 @@ func (c *conn) onHello(h *protocol.Hello) {
 		sess.scopes[st.Scope] = struct{}{}
 	}
 	scopes := make([]string, 0, len(sess.scopes))
-	for scope := range sess.scopes {
-		scopes = append(scopes, scope)
+	checkpoints := make(map[string]uint64, len(sess.scopes))
+	for _, st := range states {
+		if _, ok := sess.scopes[st.Scope]; !ok {
+			continue
+		}
+		scopes = append(scopes, st.Scope)
+		if st.Reset {
+			continue // the device's checkpoint is unusable: it starts again from 0
+		}
+		for _, sub := range subs {
+			if sub.Scope == st.Scope {
+				checkpoints[st.Scope] = sub.Since
+			}
+		}
 	}
 	slices.Sort(scopes)
-	c.startPresence(h, scopes)
+	c.startPresence(h, scopes, checkpoints)
 }
 
 // resetReason words why a scope was reset, as engine.Pull does.
@@ -268,6 +280,7 @@ func (c *conn) onAuth(m *protocol.Auth) {
 		p.scopes = slices.DeleteFunc(p.scopes, func(s string) bool { return slices.Contains(revoked, s) })
 		p.mu.Unlock()
 	}
+	c.leaveUngrantedRooms()
 	for _, scope := range revoked {
 		c.srv.unsubscribe(scope, c)
 		delete(sess.scopes, scope)
@@ -356,6 +369,7 @@ func (c *conn) requestError(rid uint64, perr *protocol.Error) {
 
 // fatal sends an error and closes the connection with closeCode.
 func (c *conn) fatal(rid uint64, perr *protocol.Error, closeCode int) {
+	c.noteError(perr.Code, perr.Message)
 	c.closeWith(closeCode, string(perr.Code), c.srv.errorMessage(rid, perr.Code, perr.Message), false)
 }
 
@@ -401,4 +415,3 @@ func ridOf(data []byte) uint64 {
 	_ = json.Unmarshal(data, &env)
 	return env.Rid
 }
-

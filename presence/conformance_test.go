@@ -485,3 +485,25 @@ func TestConcurrentChurn(t *testing.T) {
 		}
 	})
 }
+
+// Refresh keeps every index of an entry alive: an entry refreshed past
+// the key backstop is still found by user and by device.
+func TestRefreshRenewsIndexes(t *testing.T) {
+	c := newClock()
+	tr := newTestRedisTracker(t, Options{TTL: testTTL, Now: c.Now})
+	ctx := context.Background()
+	must(t, tr.RenewNode(ctx, "i1"))
+	must(t, tr.Connect(ctx, dev("c1", "alice", "phone", "i1")))
+	for _, k := range []string{":u:alice", ":d:phone", ":n:i1"} {
+		must(t, tr.rdb.PExpire(ctx, tr.p+k, 50*time.Millisecond).Err())
+	}
+	_, err := tr.Refresh(ctx, []Device{dev("c1", "alice", "phone", "i1")})
+	must(t, err)
+	time.Sleep(100 * time.Millisecond)
+	if ds, _ := tr.Devices(ctx, "phone"); len(ds) != 1 {
+		t.Fatalf("Devices(phone) after refresh = %v: the device index expired", ds)
+	}
+	if ds, _ := tr.User(ctx, "alice"); len(ds) != 1 {
+		t.Fatalf("User(alice) after refresh = %v: the user index expired", ds)
+	}
+}

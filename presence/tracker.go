@@ -40,7 +40,7 @@ type Device struct {
 	// connected (hello, pull, checkpoint messages).
 	Checkpoints map[string]uint64 `json:"checkpoints,omitempty"`
 	// LastError is the last error message the gateway sent to this
-	// connection (nil: none).
+	// connection, a request error or the one before a close (nil: none).
 	LastError *LastError `json:"lastError,omitempty"`
 }
 
@@ -113,7 +113,9 @@ var ErrBadCursor = errors.New("presence: invalid cursor")
 // Every method is goroutine-safe and honours ctx. None blocks on anything
 // but its store.
 type Tracker interface {
-	// Connect adds an online entry (d.Conn must be new).
+	// Connect adds an online entry. If d.Conn is there already (an entry
+	// expired but not swept, added back), its data and expiry are
+	// replaced and its memberships kept.
 	Connect(ctx context.Context, d Device) error
 	// Refresh rewrites existing entries (data and expiry). Entries that
 	// are gone (swept: the node's heartbeat came too late, or Redis lost

@@ -15,12 +15,12 @@ const (
 	CodeInvalidName       Code = "invalid_name"           // a scope, collection or document id is malformed
 	CodeForbiddenScope    Code = "forbidden_scope"        // the token does not grant this scope
 	CodeUnknownCollection Code = "unknown_collection"     // the collection is not configured (strict collections)
-	CodeTooLarge          Code = "too_large"              // a document or batch exceeds a limit
+	CodeTooLarge          Code = "too_large"              // a document, batch or awareness state exceeds a limit, or too many rooms
 	CodeTooDeep           Code = "too_deep"               // a document nests deeper than the limit
 	CodeStaleMutation     Code = "stale_mutation"         // mutation id not above the device's last one, and no receipt is kept
 	CodeBadOp             Code = "bad_op"                 // the op cannot apply (e.g. inc on a non-number)
 	CodeNotReady          Code = "not_ready"              // a message other than hello before the session is open
-	CodeNotFound          Code = "not_found"              // the named conflict, session, media or upload (HTTP API) does not exist
+	CodeNotFound          Code = "not_found"              // the named conflict, session, media, upload or device (HTTP APIs) does not exist, or the room was not joined
 	CodeForbidden         Code = "forbidden"              // the token may not act on this resource (HTTP API: another user's session)
 	CodeInternal          Code = "internal"               // server fault; retry later
 	CodeUnavailable       Code = "unavailable"            // storage is unavailable; retry with backoff

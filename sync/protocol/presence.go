@@ -86,8 +86,8 @@ type Member struct {
 	User      string          `json:"user"`
 	Device    string          `json:"device"`
 	State     json.RawMessage `json:"state,omitempty"`
-	JoinedAt  int64           `json:"joinedAt"`  // unix ms
-	UpdatedAt int64           `json:"updatedAt"` // unix ms
+	JoinedAt  int64           `json:"joinedAt,omitempty"`  // unix ms (omitted in leave events)
+	UpdatedAt int64           `json:"updatedAt,omitempty"` // unix ms (omitted in leave events)
 	Typing    bool            `json:"typing,omitempty"`
 }
 
