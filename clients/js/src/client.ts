@@ -111,6 +111,7 @@ export class SyncClient extends Emitter<ClientEvents> {
   private readonly collections = new Map<string, Collection<DocData>>();
   private loop: Promise<void> | undefined;
   private readonly onOnline = () => this.kick();
+  private early: (Omit<Mutation, 'mid' | 'hlc' | 'base'> & { base?: number })[] = [];
 
   constructor(opts: SyncClientOptions) {
     super();
@@ -131,6 +132,7 @@ export class SyncClient extends Emitter<ClientEvents> {
         this.setStatus({});
       });
       await media.load();
+      for (const m of this.early.splice(0)) this.replica.enqueue(m);
       this.setStatus({});
     })();
     if (opts.autoConnect !== false) this.connect();
@@ -226,11 +228,18 @@ export class SyncClient extends Emitter<ClientEvents> {
     return this.opts.requestTimeoutMs ?? 15_000;
   }
 
-  /** @internal Queues a mutation and schedules a push. */
-  write(m: Omit<Mutation, 'mid' | 'hlc' | 'base'> & { base?: number }): Mutation {
-    const full = this.replica.enqueue(m);
+  /**
+   * @internal Queues a mutation and schedules a push. Writes made before
+   * storage has loaded wait in memory and are queued, in order, once it
+   * has (their mids come from the stored counter).
+   */
+  write(m: Omit<Mutation, 'mid' | 'hlc' | 'base'> & { base?: number }): void {
+    if (!this.replica) {
+      this.early.push(m);
+      return;
+    }
+    this.replica.enqueue(m);
     this.schedulePush();
-    return full;
   }
 
   /** @internal Wakes the push loop (after a media upload completed, for one). */
@@ -539,20 +548,20 @@ export class Collection<T extends DocData = DocData> {
   ) {}
 
   /** Creates or replaces a document. */
-  put(id: string, doc: T): Mutation {
+  put(id: string, doc: T): void {
     validateDoc(doc);
-    return this.client.write({ scope: this.scope, col: this.name, id, op: 'put', data: doc });
+    this.client.write({ scope: this.scope, col: this.name, id, op: 'put', data: doc });
   }
 
   /** Changes fields: set, unset, inc (counters), add/remove (sets). */
-  patch(id: string, ops: PatchOps): Mutation {
+  patch(id: string, ops: PatchOps): void {
     if (ops.set) validateDoc(ops.set);
-    return this.client.write({ scope: this.scope, col: this.name, id, op: 'patch', ...ops });
+    this.client.write({ scope: this.scope, col: this.name, id, op: 'patch', ...ops });
   }
 
   /** Deletes a document. */
-  delete(id: string): Mutation {
-    return this.client.write({ scope: this.scope, col: this.name, id, op: 'delete' });
+  delete(id: string): void {
+    this.client.write({ scope: this.scope, col: this.name, id, op: 'delete' });
   }
 
   /** A document as the device sees it now (pending edits included), or undefined. */
