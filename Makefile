@@ -4,7 +4,7 @@ BIN     ?= bin/syncgate
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test testenv test-go fuzz bench bench-go bench-load lint clean
+.PHONY: all build run test testenv test-go test-js fuzz bench bench-go bench-load lint clean
 
 all: build
 
@@ -22,7 +22,7 @@ run: build
 ## SYNCGATE_REDIS_ADDR and SYNCGATE_MONGO_URI, and stops them afterwards. If
 ## those variables are already set, it uses the given servers and starts nothing.
 test: lint
-	GO='$(GO)' bash tools/testenv.sh $(MAKE) test-go fuzz
+	GO='$(GO)' bash tools/testenv.sh $(MAKE) test-go fuzz test-js
 
 ## testenv: start the test servers and print their exports; Ctrl-C stops them.
 testenv:
@@ -30,6 +30,14 @@ testenv:
 
 test-go:
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+## test-js: the JS client (clients/js): npm ci, the build (tsc, the bundle),
+## unit tests (Node's test runner, fake-indexeddb), integration tests against
+## a real bin/syncgate, and the browser test in Debian's Chromium (installed
+## with apt-get when missing) driven by playwright-core.
+test-js: build
+	bash tools/chromium.sh
+	cd clients/js && npm ci --no-audit --no-fund && npm run build && npm run test:unit && npm run test:integration && npm run test:browser
 
 # Each decoder gets a short coverage-guided run on top of its seed corpus
 # (the seeds alone already run in test-go). Budgets are execution counts,

@@ -105,12 +105,18 @@ export class SyncClient extends Emitter<ClientEvents> {
   private wake: (() => void) | undefined;
   private pushing = false;
   private pushAgain = false;
-  private pulling = new Set<string>();
+  /** Scopes being pulled; true when another pull was asked for meanwhile (a live gap). */
+  private pulling = new Map<string, boolean>();
   private failures = 0;
   private tokenTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly collections = new Map<string, Collection<DocData>>();
   private loop: Promise<void> | undefined;
   private readonly onOnline = () => this.kick();
+  // The browser says the network went away: a hint, not the truth. The
+  // socket gets a quick ping; if it does not answer, it is abandoned (a
+  // dead network leaves a WebSocket open but silent for a long time).
+  private readonly onOffline = () => void this.socket?.probe(PROBE_MS);
+  private keepalive: ReturnType<typeof setInterval> | undefined;
   private early: (Omit<Mutation, 'mid' | 'hlc' | 'base'> & { base?: number })[] = [];
 
   constructor(opts: SyncClientOptions) {
@@ -157,14 +163,18 @@ export class SyncClient extends Emitter<ClientEvents> {
   connect(): void {
     if (!this.stopped) return;
     this.stopped = false;
-    (globalThis as { addEventListener?: (t: string, f: () => void) => void }).addEventListener?.('online', this.onOnline);
+    const g = globalThis as { addEventListener?: (t: string, f: () => void) => void };
+    g.addEventListener?.('online', this.onOnline);
+    g.addEventListener?.('offline', this.onOffline);
     this.loop = this.run();
   }
 
   /** Closes the connection and stops reconnecting; local reads and writes keep working. */
   async disconnect(): Promise<void> {
     this.stopped = true;
-    (globalThis as { removeEventListener?: (t: string, f: () => void) => void }).removeEventListener?.('online', this.onOnline);
+    const g = globalThis as { removeEventListener?: (t: string, f: () => void) => void };
+    g.removeEventListener?.('online', this.onOnline);
+    g.removeEventListener?.('offline', this.onOffline);
     this.socket?.close(1000, 'client disconnect');
     this.kick();
     await this.loop;
@@ -352,7 +362,13 @@ export class SyncClient extends Emitter<ClientEvents> {
     await this.pushQueue();
     this.maybeSynced();
     this.media._resume();
-    return sock.closed;
+    // A silent socket is found within KEEPALIVE_MS + PROBE_MS.
+    this.keepalive = setInterval(() => void sock.probe(PROBE_MS * 2), KEEPALIVE_MS);
+    try {
+      return await sock.closed;
+    } finally {
+      clearInterval(this.keepalive);
+    }
   }
 
   private maybeSynced(): void {
@@ -383,10 +399,15 @@ export class SyncClient extends Emitter<ClientEvents> {
 
   /** Pulls scope from its checkpoint until the server says no more. */
   private async pull(scope: string, total?: number, reset?: boolean): Promise<void> {
-    if (this.pulling.has(scope)) return;
+    if (this.pulling.has(scope)) {
+      // A gap seen while a pull is in flight may lie beyond that pull's
+      // answer: pull once more when it ends, never drop it.
+      this.pulling.set(scope, true);
+      return;
+    }
     const sock = this._socket;
     if (!sock) return;
-    this.pulling.add(scope);
+    this.pulling.set(scope, false);
     try {
       if (reset) this.replica.reset(scope);
       for (;;) {
@@ -399,7 +420,9 @@ export class SyncClient extends Emitter<ClientEvents> {
         }
         this.replica.applyChanges(ans);
         total = ans.head;
-        if (!ans.more) break;
+        if (ans.more) continue;
+        if (!this.pulling.get(scope)) break;
+        this.pulling.set(scope, false);
       }
     } catch (err) {
       if (err instanceof SyncError && !err.retryable && err.code !== 'closed') this.emit('error', err);
@@ -531,6 +554,11 @@ export class SyncClient extends Emitter<ClientEvents> {
     }
   }
 }
+
+/** How long a ping may take before a socket counts as dead, ms. */
+const PROBE_MS = 2_000;
+/** The period of keepalive pings on an open socket, ms. */
+const KEEPALIVE_MS = 20_000;
 
 /** A live query callback: the collection's documents, by id. */
 export type Subscriber<T> = (docs: Map<string, T>) => void;

@@ -47,15 +47,19 @@ export class Socket {
   readonly closed: Promise<CloseInfo>;
   private closeInfo: CloseInfo | undefined;
 
+  private ended: (ev: CloseInfo) => void = () => {};
+
   private constructor(private readonly ws: WebSocketLike) {
     this.closed = new Promise((resolve) => {
-      ws.onclose = (ev) => {
+      this.ended = (ev) => {
+        if (this.closeInfo) return;
         this.closeInfo = { code: ev.code, reason: ev.reason };
         const err = new SyncError('closed', `the connection closed (${ev.code}${ev.reason ? ' ' + ev.reason : ''})`, true);
         for (const w of this.waiting.values()) w.reject(err);
         this.waiting.clear();
         resolve(this.closeInfo);
       };
+      ws.onclose = (ev) => this.ended(ev);
     });
     ws.onmessage = (ev) => {
       const text = typeof ev.data === 'string' ? ev.data : String(ev.data);
@@ -119,6 +123,17 @@ export class Socket {
     return this.closeInfo === undefined && this.ws.readyState === OPEN;
   }
 
+  /** Sends a ping and abandons the socket unless its pong comes within timeoutMs. */
+  async probe(timeoutMs: number): Promise<boolean> {
+    try {
+      await this.request({ type: 'ping' }, timeoutMs);
+      return true;
+    } catch {
+      if (this.open) this.abandon('no answer to a ping');
+      return false;
+    }
+  }
+
   send(msg: object): void {
     if (!this.open) throw new SyncError('closed', 'the connection is closed', true);
     this.ws.send(JSON.stringify(msg));
@@ -158,6 +173,16 @@ export class Socket {
         reject(err as Error);
       }
     });
+  }
+
+  /**
+   * Gives up on a connection that stopped answering (a network that went
+   * away leaves the socket open but silent): it counts as closed at once,
+   * with code 1006, while the browser finishes closing it in the background.
+   */
+  abandon(reason: string): void {
+    this.ended({ code: 1006, reason });
+    this.close(4000, reason);
   }
 
   close(code = 1000, reason = ''): void {
