@@ -4,7 +4,7 @@ BIN     ?= bin/syncgate
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test testenv test-go test-js fuzz bench bench-go bench-load lint clean
+.PHONY: all build run test testenv test-go test-js fuzz bench bench-go bench-load bench-js lint clean
 
 all: build
 
@@ -62,7 +62,7 @@ fuzz:
 ## collection) the cross-node run measures the test server, far below
 ## 1,000 pushes/s; set SYNCGATE_MONGO_URI to a real MongoDB for that figure.
 bench: build
-	GO='$(GO)' bash tools/testenv.sh $(MAKE) bench-go bench-load
+	GO='$(GO)' bash tools/testenv.sh $(MAKE) bench-go bench-load bench-js
 
 # Durations, not counts: an operation takes from microseconds (resolvers)
 # to a second (8 MiB through FerretDB). On FerretDB every Commit scans the
@@ -73,6 +73,11 @@ BENCH_DURATION  ?= 10s
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./storage/embedded/ ./conflict/ ./presence/ ./gateway/ ./sync/...
 	$(GO) test -run '^$$' -bench . -benchtime $(MONGO_BENCHTIME) -benchmem -timeout 10m ./storage/mongo/
+
+## bench-js: the JS client's replica: 10,000 incoming changes, startup from
+## IndexedDB with 10,000 documents (fake-indexeddb in Node).
+bench-js:
+	cd clients/js && npm ci --no-audit --no-fund && npm run build && npm run bench
 
 bench-load:
 	env -u SYNCGATE_MONGO_URI -u SYNCGATE_REDIS_ADDR ./$(BIN) bench --devices 50 --rate 500 --duration $(BENCH_DURATION)
