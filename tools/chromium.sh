@@ -6,15 +6,7 @@ set -euo pipefail
 bin=${CHROMIUM:-/usr/bin/chromium}
 log() { echo "chromium.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
-as_root() {
-	if [[ $(id -u) -eq 0 ]]; then
-		"$@"
-	elif command -v sudo >/dev/null 2>&1; then
-		if [[ -t 0 ]]; then sudo "$@"; else sudo -n "$@"; fi
-	else
-		return 1
-	fi
-}
+. "$(dirname "${BASH_SOURCE[0]}")/as_root.sh"
 if [[ -x $bin ]]; then
 	exit 0
 fi

@@ -218,15 +218,7 @@ start_server() {
 	die "$name: no usable port after 5 attempts"
 }
 
-as_root() {
-	if [[ $(id -u) -eq 0 ]]; then
-		"$@"
-	elif command -v sudo >/dev/null 2>&1; then
-		if [[ -t 0 ]]; then sudo "$@"; else sudo -n "$@"; fi
-	else
-		return 1
-	fi
-}
+. "$(dirname "${BASH_SOURCE[0]}")/as_root.sh"
 
 ensure_redis() {
 	if ! command -v redis-server >/dev/null 2>&1; then
