@@ -75,6 +75,12 @@ export interface SyncClientOptions {
   requestTimeoutMs?: number;
   /** Connect on construction. Default true. */
   autoConnect?: boolean;
+  /**
+   * How long after applying changes the client confirms its checkpoints to
+   * the server (the `checkpoint` message, which support staff see as sync
+   * lag), ms. Default 5000; 0 never confirms.
+   */
+  checkpointDelayMs?: number;
 }
 
 interface CollectionOptions {
@@ -117,6 +123,7 @@ export class SyncClient extends Emitter<ClientEvents> {
   // dead network leaves a WebSocket open but silent for a long time).
   private readonly onOffline = () => void this.socket?.probe(PROBE_MS);
   private keepalive: ReturnType<typeof setInterval> | undefined;
+  private confirmTimer: ReturnType<typeof setTimeout> | undefined;
   private early: (Omit<Mutation, 'mid' | 'hlc' | 'base'> & { base?: number })[] = [];
 
   constructor(opts: SyncClientOptions) {
@@ -179,6 +186,8 @@ export class SyncClient extends Emitter<ClientEvents> {
     this.kick();
     await this.loop;
     clearTimeout(this.tokenTimer);
+    clearTimeout(this.confirmTimer);
+    this.confirmTimer = undefined;
   }
 
   /** Waits until every write so far is in storage. */
@@ -428,8 +437,25 @@ export class SyncClient extends Emitter<ClientEvents> {
       if (err instanceof SyncError && !err.retryable && err.code !== 'closed') this.emit('error', err);
     } finally {
       this.pulling.delete(scope);
+      this.scheduleConfirm();
       this.maybeSynced();
     }
+  }
+
+  /** Confirms the checkpoints once changes have settled for checkpointDelayMs. */
+  private scheduleConfirm(): void {
+    const delay = this.opts.checkpointDelayMs ?? 5_000;
+    if (delay <= 0 || this.confirmTimer) return;
+    this.confirmTimer = setTimeout(() => {
+      this.confirmTimer = undefined;
+      const scopes: Record<string, number> = {};
+      for (const scope of this.scopes) scopes[scope] = this.replica.checkpoint(scope);
+      try {
+        this._socket?.send({ type: 'checkpoint', scopes });
+      } catch {
+        // offline: the next hello carries the checkpoints anyway
+      }
+    }, delay);
   }
 
   /** Pushes unacknowledged mutations in mid order, one batch at a time. */
@@ -499,7 +525,9 @@ export class SyncClient extends Emitter<ClientEvents> {
     switch (m.type) {
       case 'changes': {
         const ch = m as unknown as ChangesMsg;
-        if (this.replica.applyChanges(ch) === 'gap') void this.pull(ch.scope);
+        const applied = this.replica.applyChanges(ch);
+        if (applied === 'gap') void this.pull(ch.scope);
+        else if (applied === 'applied') this.scheduleConfirm();
         this.maybeSynced();
         break;
       }

@@ -227,3 +227,22 @@ test('presence: rooms, awareness state and typing between two clients', async ()
   await until('b is back (re-joined by itself)', () => ra.others().length === 1);
   await Promise.all([a.disconnect(), b.disconnect()]);
 });
+
+test('checkpoints: a device that only receives live changes confirms them (support sync lag)', async () => {
+  const w = await client('writer9');
+  const r = await client('reader9', { checkpointDelayMs: 100 });
+  const tw = w.collection<{ n: number }>('lag');
+  const tr = r.collection<{ n: number }>('lag');
+  await synced(r);
+  for (let i = 0; i < 5; i++) tw.put(`l${i}`, { n: i });
+  await until('live delivery', () => tr.all().size === 5);
+  const staff = srv.token('staff', { roles: ['support'] });
+  await until('the reader shows no lag', async () => {
+    const res = await fetch(`${srv.url}/v1/support/users/alice`, { headers: { Authorization: `Bearer ${staff}` } });
+    const u = (await res.json()) as { devices: { device: string; scopes: { scope: string; lagEntries: number; head: number }[] }[] };
+    const d = u.devices.find((x) => x.device === 'reader9');
+    const sc = d?.scopes.find((x) => x.scope === scope);
+    return !!sc && sc.head > 0 && sc.lagEntries === 0;
+  }, 35_000);
+  await Promise.all([w.disconnect(), r.disconnect()]);
+});
