@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -61,12 +62,12 @@ var _ SupportStore = (storage.Store)(nil)
 // supportEvent is one event of the support stream, as published through
 // the broker and sent to SSE clients.
 type supportEvent struct {
-	Type   string          `json:"type"` // online, offline, app_state, join, leave
-	Device presence.Device `json:"-"`
-	Scope  string          `json:"-"`
-	Room   string          `json:"-"`
-	State  string          `json:"-"`
-	Reason string          `json:"-"` // offline/leave: disconnect, expired, leave
+	Type   string // online, offline, app_state, join, leave
+	Device presence.Device
+	Scope  string
+	Room   string
+	State  string
+	Reason string // offline/leave: disconnect, expired, leave, forbidden
 }
 
 // supportEventWire is the JSON of a support event.
@@ -360,14 +361,7 @@ func (s *Server) handleSupportUser(c *gin.Context) {
 		}
 	}
 	out := supportUser{User: user, Devices: make([]supportDevice, 0, len(byDev))}
-	ids := slices.Sorted(func(yield func(string) bool) {
-		for id := range byDev {
-			if !yield(id) {
-				return
-			}
-		}
-	})
-	for _, id := range ids {
+	for _, id := range slices.Sorted(maps.Keys(byDev)) {
 		d := byDev[id]
 		if s.store != nil {
 			scopes, err := s.syncState(ctx, user, d)
@@ -396,9 +390,9 @@ func (s *Server) syncState(ctx context.Context, user string, d *supportDevice) (
 	if err != nil {
 		return nil, err
 	}
-	cps := make(map[string]uint64, len(st.Checkpoints))
-	for scope, seq := range st.Checkpoints {
-		cps[scope] = seq
+	cps := maps.Clone(st.Checkpoints)
+	if cps == nil {
+		cps = make(map[string]uint64)
 	}
 	for _, cn := range d.Connections {
 		for scope, seq := range cn.Checkpoints {
@@ -406,13 +400,7 @@ func (s *Server) syncState(ctx context.Context, user string, d *supportDevice) (
 		}
 	}
 	out := make([]supportScope, 0, len(cps))
-	for _, scope := range slices.Sorted(func(yield func(string) bool) {
-		for k := range cps {
-			if !yield(k) {
-				return
-			}
-		}
-	}) {
+	for _, scope := range slices.Sorted(maps.Keys(cps)) {
 		head, err := s.store.Head(ctx, scope)
 		if err != nil {
 			return nil, err

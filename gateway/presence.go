@@ -192,11 +192,12 @@ func (c *conn) startPresence(h *protocol.Hello, scopes []string, checkpoints map
 	m.mu.Unlock()
 	ctx, cancel := m.ctx()
 	defer cancel()
-	if err := m.tracker.Connect(ctx, p.device(now)); err != nil {
+	d := p.device(now)
+	if err := m.tracker.Connect(ctx, d); err != nil {
 		s.metrics.presenceErrors.Inc()
 		c.logger().Warn("gateway: presence: adding the entry failed; the next heartbeat retries", "err", err)
 	}
-	m.publishSupport(supportEvent{Type: "online", Device: p.device(now)})
+	m.publishSupport(supportEvent{Type: "online", Device: d})
 }
 
 // endPresence runs on teardown: it removes the entry, leaves every room
@@ -506,17 +507,17 @@ func (c *conn) onJoin(msg *protocol.Join) {
 	now := time.Now().UTC()
 	p.mu.Lock()
 	_, already := p.rooms[id]
-	full := !already && len(p.rooms) >= s.cfg.MaxRoomsPerConn
+	n := len(p.rooms)
 	p.mu.Unlock()
-	if full {
+	switch {
+	case already:
+		c.requestError(msg.Rid, protocol.Errorf(protocol.CodeBadRequest, "already in room %s", msg.Room))
+		return
+	case n >= s.cfg.MaxRoomsPerConn:
 		c.requestError(msg.Rid, protocol.Errorf(protocol.CodeTooLarge, "a connection may be in at most %d rooms", s.cfg.MaxRoomsPerConn))
 		return
 	}
 	mem := presence.Member{Conn: p.base.Conn, User: p.base.User, Device: p.base.Device, State: msg.State, Joined: now, Updated: now}
-	if already {
-		c.requestError(msg.Rid, protocol.Errorf(protocol.CodeBadRequest, "already in room %s", msg.Room))
-		return
-	}
 	if err := s.subscribe(c.ctx, roomKeyPrefix+id, c); err != nil {
 		c.requestError(msg.Rid, protocol.Errorf(protocol.CodeUnavailable, "rooms are unavailable; retry"))
 		return

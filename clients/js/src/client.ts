@@ -4,7 +4,7 @@ import { HTTP, httpBase, wsURL, type FetchLike } from './http.js';
 import { Media } from './media.js';
 import { validateDoc } from './patch.js';
 import { Presence } from './presence.js';
-import { Replica, type Queued } from './replica.js';
+import { Replica } from './replica.js';
 import { Socket, webSocketConstructor, type CloseInfo, type WebSocketConstructor } from './socket.js';
 import { memoryStorage, type Storage } from './storage.js';
 import {
@@ -325,16 +325,10 @@ export class SyncClient extends Emitter<ClientEvents> {
 
   /** What a close code asks of the client before it reconnects. */
   private afterClose(info: CloseInfo): void {
-    switch (info.code) {
-      case Close.sessionRevoked:
-      case Close.sessionExpired:
-        this.replica.setSession(undefined); // sign in again; a new session begins
-        break;
-      case Close.slowConsumer:
-      case Close.shutdown:
-      case Close.disconnected:
-      case 1000:
-        break;
+    // Every other code (slow consumer, shutdown, disconnected, …) only
+    // means: reconnect after the backoff, resuming from the checkpoints.
+    if (info.code === Close.sessionRevoked || info.code === Close.sessionExpired) {
+      this.replica.setSession(undefined); // sign in again; a new session begins
     }
     if (info.code === Close.unauthorized || info.code === Close.protocolError) {
       this.emit('error', new SyncError(info.code === Close.unauthorized ? 'unauthorized' : 'protocol', info.reason || 'refused'));
@@ -667,4 +661,3 @@ function randomId(): string {
   return 'd' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
 }
 
-export type { Queued };
