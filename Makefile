@@ -37,7 +37,12 @@ test-go:
 ## with apt-get when missing) driven by playwright-core.
 test-js: build
 	bash tools/chromium.sh
-	cd clients/js && npm ci --no-audit --no-fund && npm run build && npm run test:unit && npm run test:integration && npm run test:browser
+	cd clients/js && npm ci --no-audit --no-fund && npm run build && \
+		$(JS_TIMEOUT) npm run test:unit && $(JS_TIMEOUT) npm run test:integration && $(JS_TIMEOUT) npm run test:browser
+
+# A backstop over the test runner's own per-test timeout and forced exit: a
+# JS test step that hangs fails here within 10 minutes instead of holding CI.
+JS_TIMEOUT ?= timeout -k 10s 10m
 
 # Each decoder gets a short coverage-guided run on top of its seed corpus
 # (the seeds alone already run in test-go). Budgets are execution counts,

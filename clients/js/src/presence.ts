@@ -29,6 +29,12 @@ export class Room extends Emitter<RoomEvents> {
   private readonly typingTimers = new Map<string, ReturnType<typeof setTimeout>>();
   private state: JSONValue | undefined;
   private lastTyping = 0;
+  /**
+   * Events that arrived while the join was unanswered. The server
+   * subscribes the connection before it reads the member list, so an
+   * event can overtake the list; it is applied again on top of the list.
+   */
+  private early: RoomEventMsg[] | undefined;
   left = false;
 
   constructor(
@@ -80,16 +86,25 @@ export class Room extends Emitter<RoomEvents> {
     return { type: 'join', scope: this.scope, room: this.name, ...(this.state !== undefined ? { state: this.state } : {}) };
   }
 
-  /** @internal The answer to a join: the full member list. */
+  /** @internal A join was sent: hold events until its answer. */
+  _joining(): void {
+    this.early = [];
+  }
+
+  /** @internal The answer to a join: the full member list, then the events that overtook it. */
   _joined(r: RoomMsg): void {
+    const early = this.early ?? [];
+    this.early = undefined;
     this.you = r.you;
     this.clear(false);
     for (const m of r.members) this.byId.set(m.id, m);
+    for (const ev of early) this.apply(ev);
     this.emit('change', this.members());
   }
 
   /** @internal The connection ended: members are unknown until the re-join. */
   clear(emit = true): void {
+    this.early = undefined;
     for (const t of this.typingTimers.values()) clearTimeout(t);
     this.typingTimers.clear();
     const had = this.byId.size > 0;
@@ -99,6 +114,15 @@ export class Room extends Emitter<RoomEvents> {
 
   /** @internal */
   _event(ev: RoomEventMsg): void {
+    if (this.early) {
+      this.early.push(ev);
+      return;
+    }
+    this.apply(ev);
+    this.emit('change', this.members());
+  }
+
+  private apply(ev: RoomEventMsg): void {
     const m = ev.member;
     switch (ev.event) {
       case 'leave':
@@ -123,13 +147,19 @@ export class Room extends Emitter<RoomEvents> {
       default: // join, state
         this.byId.set(m.id, { ...m, typing: this.byId.get(m.id)?.typing ?? false });
     }
-    this.emit('change', this.members());
   }
 }
 
 export class Presence {
   private appState: AppState = 'active';
   private readonly rooms = new Map<string, Room>();
+  /**
+   * Welcomed and past the catch-up (set by _rejoin, cleared by _offline).
+   * A room joined before that is joined by _rejoin: joining it at once as
+   * well would answer the second join with "already in room" after
+   * _rejoin had cleared the first join's members.
+   */
+  private live = false;
 
   constructor(
     private readonly host: Host,
@@ -151,7 +181,7 @@ export class Presence {
     if (!room) {
       room = new Room(this, scope, name, o.state);
       this.rooms.set(key, room);
-      void this.sendJoin(room);
+      if (this.live) void this.sendJoin(room);
     }
     return room;
   }
@@ -168,10 +198,11 @@ export class Presence {
   private async sendJoin(room: Room): Promise<void> {
     const sock = this.host._socket;
     if (!sock || room.left) return;
+    room._joining();
     try {
       room._joined(await sock.request<RoomMsg>(room._joinMsg(), this.host._timeout));
     } catch {
-      // retried at the next connect
+      room.clear(false); // retried at the next connect
     }
   }
 
@@ -183,6 +214,7 @@ export class Presence {
 
   /** @internal The connection ended: every room's members are unknown. */
   _offline(): void {
+    this.live = false;
     for (const room of this.rooms.values()) {
       room.you = undefined;
       room.clear();
@@ -191,6 +223,7 @@ export class Presence {
 
   /** @internal After each welcome: the app state and every room. */
   _rejoin(): void {
+    this.live = true;
     if (this.appState !== 'active') this._send({ type: 'app_state', state: this.appState });
     for (const room of this.rooms.values()) {
       room.clear();

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { after, before, test } from 'node:test';
+import { after, afterEach, before, test } from 'node:test';
 import { SyncClient, memoryStorage, type Conflict, type Status } from '../../src/index.js';
 import { startServer, until, type Server } from './server.js';
 
@@ -13,6 +13,9 @@ collections:
   "*": { resolver: lww }
 media:
   part_bytes: 65536
+presence: # confirmed checkpoints reach the support API at each heartbeat
+  heartbeat: 1s
+  ttl: 5s
 `;
 
 let srv: Server;
@@ -25,8 +28,17 @@ after(async () => {
 
 const scope = 'user:alice';
 
+// Every client a test made is disconnected after it, passed or failed: a
+// client left running reconnects forever and keeps the test process alive.
+const clients = new Set<SyncClient>();
+afterEach(async () => {
+  await Promise.all([...clients].map((c) => c.disconnect()));
+  clients.clear();
+});
+
 async function client(device: string, o: Partial<ConstructorParameters<typeof SyncClient>[0]> = {}): Promise<SyncClient> {
   const c = new SyncClient({ url: srv.ws, token: () => srv.token('alice', { device }), deviceId: device, scope, backoff: { initialMs: 50, maxMs: 500 }, ...o });
+  clients.add(c);
   await c.ready;
   return c;
 }
@@ -243,6 +255,6 @@ test('checkpoints: a device that only receives live changes confirms them (suppo
     const d = u.devices.find((x) => x.device === 'reader9');
     const sc = d?.scopes.find((x) => x.scope === scope);
     return !!sc && sc.head > 0 && sc.lagEntries === 0;
-  }, 35_000);
+  }, 15_000);
   await Promise.all([w.disconnect(), r.disconnect()]);
 });
