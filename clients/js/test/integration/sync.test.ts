@@ -13,6 +13,8 @@ collections:
   "*": { resolver: lww }
 media:
   part_bytes: 65536
+auth:
+  leeway: 1s # so the short-lived tokens of the refresh test expire soon
 presence: # confirmed checkpoints reach the support API at each heartbeat
   heartbeat: 1s
   ttl: 5s
@@ -193,6 +195,29 @@ test('media: a resumable upload queued offline; the document is pushed after it 
   const back = new Uint8Array(await (await a.media.download(info.id)).arrayBuffer());
   assert.deepEqual(back, bytes);
   await a.disconnect();
+});
+
+test('token refresh: a connection outlives several short-lived tokens without a reconnect', async () => {
+  // Tokens live 8 s (9 s with the leeway); the client refreshes 5 s before
+  // the end, so over 13 s it sends auth at least twice. Without a refresh
+  // the server closes at 9 s with token_expired.
+  let minted = 0;
+  const c = await client('refresher', {
+    token: () => {
+      minted++;
+      return srv.token('alice', { device: 'refresher', ttl: '8s' });
+    },
+  });
+  const todos = c.collection<{ title: string }>('todos');
+  let closes = 0;
+  c.on('status', (s) => s.state === 'offline' && closes++);
+  await synced(c);
+  await new Promise((r) => setTimeout(r, 13_000));
+  todos.put('after-refresh', { title: 'written on the refreshed connection' });
+  await synced(c);
+  assert.equal(closes, 0, `the connection closed: ${JSON.stringify(c.getStatus().lastClose)}`);
+  assert.ok(minted >= 3, `tokens minted: ${minted} (hello and two refreshes at least)`);
+  assert.equal((await serverDocs('todos')).get('after-refresh')?.title, 'written on the refreshed connection');
 });
 
 test('HTTP fallback: with WebSocket blocked, push and pull go over HTTP', async () => {
