@@ -122,7 +122,6 @@ export class SyncClient extends Emitter<ClientEvents> {
   // socket gets a quick ping; if it does not answer, it is abandoned (a
   // dead network leaves a WebSocket open but silent for a long time).
   private readonly onOffline = () => void this.socket?.probe(PROBE_MS);
-  private keepalive: ReturnType<typeof setInterval> | undefined;
   private confirmTimer: ReturnType<typeof setTimeout> | undefined;
   private early: (Omit<Mutation, 'mid' | 'hlc' | 'base'> & { base?: number })[] = [];
 
@@ -366,11 +365,11 @@ export class SyncClient extends Emitter<ClientEvents> {
     this.maybeSynced();
     this.media._resume();
     // A silent socket is found within KEEPALIVE_MS + PROBE_MS.
-    this.keepalive = setInterval(() => void sock.probe(PROBE_MS * 2), KEEPALIVE_MS);
+    const keepalive = setInterval(() => void sock.probe(PROBE_MS * 2), KEEPALIVE_MS);
     try {
       return await sock.closed;
     } finally {
-      clearInterval(this.keepalive);
+      clearInterval(keepalive);
     }
   }
 

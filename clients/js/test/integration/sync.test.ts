@@ -97,7 +97,6 @@ test('two clients go offline, edit, reconnect and converge', async () => {
   assert.deepEqual(ta.get('t1'), { title: 'oat milk', done: true, views: 2 }, 'field-level merge; increments count once each');
   assert.ok(ta.get('a-only') && tb.get('b-only'));
   assert.ok(statesA.includes('connecting') && statesA.includes('synced'), `status went ${statesA}`);
-  await Promise.all([a.disconnect(), b.disconnect()]);
 });
 
 test('1,000 queued mutations are replayed in order, exactly once, after a crash', async () => {
@@ -151,7 +150,6 @@ test('a manual conflict is raised and resolved', async () => {
   await Promise.all([synced(a), synced(b)]);
   await until('both show the resolution', () => na.get('n1')?.text === 'from the desk + from the pad' && nb.get('n1')?.text === na.get('n1')?.text);
   await until('the record is closed', () => b.openConflicts().length === 0);
-  await Promise.all([a.disconnect(), b.disconnect()]);
 });
 
 test('a reset (support resync) re-downloads and keeps pending edits', async () => {
@@ -194,7 +192,6 @@ test('media: a resumable upload queued offline; the document is pushed after it 
   assert.deepEqual(stored.get('p1'), { caption: 'sunset', photo: { $media: info.id } });
   const back = new Uint8Array(await (await a.media.download(info.id)).arrayBuffer());
   assert.deepEqual(back, bytes);
-  await a.disconnect();
 });
 
 test('token refresh: a connection outlives several short-lived tokens without a reconnect', async () => {
@@ -243,7 +240,6 @@ test('HTTP fallback: with WebSocket blocked, push and pull go over HTTP', async 
   // And the other way: a change made elsewhere reaches the HTTP client.
   tb.put('to-http', { title: 'from a socket' });
   await until('pulled over HTTP', () => todos.get('to-http')?.title === 'from a socket', 15_000);
-  await Promise.all([a.disconnect(), b.disconnect()]);
 });
 
 test('presence: rooms, awareness state and typing between two clients', async () => {
@@ -262,7 +258,6 @@ test('presence: rooms, awareness state and typing between two clients', async ()
   await until('a sees b leave', () => ra.others().length === 0);
   b.connect();
   await until('b is back (re-joined by itself)', () => ra.others().length === 1);
-  await Promise.all([a.disconnect(), b.disconnect()]);
 });
 
 test('checkpoints: a device that only receives live changes confirms them (support sync lag)', async () => {
@@ -281,5 +276,4 @@ test('checkpoints: a device that only receives live changes confirms them (suppo
     const sc = d?.scopes.find((x) => x.scope === scope);
     return !!sc && sc.head > 0 && sc.lagEntries === 0;
   }, 15_000);
-  await Promise.all([w.disconnect(), r.disconnect()]);
 });
